@@ -1,0 +1,173 @@
+"""Input pipelines on the MindSpore dataset engine: CIFAR-10 binary files and ImageNet class folders.
+
+CIFAR-10 records (1 label byte + 3,072 image bytes, CHW) are read through ``np.memmap`` as a
+random-access source of the engine instead of ``Cifar10Dataset``, which only accepts files of
+exactly 10,000 records; any whole number of records per file works here. Transforms, batching,
+shuffling and sharding are the engine's own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import mindspore as ms
+import mindspore.dataset as ds
+import mindspore.dataset.transforms as T
+import mindspore.dataset.vision as V
+import numpy as np
+
+from src.errors import UserError
+
+CIFAR_IMAGE_SHAPE = (3, 32, 32)
+CIFAR_RECORD_BYTES = 1 + 3 * 32 * 32
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2023, 0.1994, 0.2010)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# ImageNet evaluation resizes the shorter side to 256 for a 224 crop; other crop sizes keep the ratio.
+IMAGENET_RESIZE_RATIO = 256 / 224
+
+GET_CIFAR_HINT = ("get CIFAR-10 (binary version) from https://www.cs.toronto.edu/~kriz/cifar.html "
+                  "and pass its cifar-10-batches-bin folder")
+
+
+def cifar10_files(data_dir: str | Path, training: bool) -> list[Path]:
+    """The .bin files of one split: data_batch_*.bin for training, test_batch.bin for evaluation.
+
+    A folder holding only evaluation files under other names (upstream's ``cifar-10-verify-bin``)
+    is read whole for evaluation; a path to one .bin file is taken as it is.
+    """
+    path = Path(data_dir)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise UserError(f"CIFAR-10 data folder {path} does not exist; {GET_CIFAR_HINT}")
+    if training:
+        files = sorted(path.glob("data_batch_*.bin"))
+        if not files:
+            raise UserError(f"no data_batch_*.bin in {path} (CIFAR-10 training files); {GET_CIFAR_HINT}")
+        return files
+    if (path / "test_batch.bin").is_file():
+        return [path / "test_batch.bin"]
+    files = sorted(p for p in path.glob("*.bin") if not p.name.startswith("data_batch_"))
+    if not files:
+        raise UserError(f"no test_batch.bin in {path} (CIFAR-10 evaluation file); {GET_CIFAR_HINT}")
+    return files
+
+
+class CifarBinarySource:
+    """Random-access rows ``(image HWC uint8, label int32)`` over CIFAR-10 binary files."""
+
+    def __init__(self, files: Sequence[str | Path], num_classes: int | None = None) -> None:
+        self.records = []
+        for file in files:
+            size = Path(file).stat().st_size
+            if size == 0 or size % CIFAR_RECORD_BYTES:
+                raise UserError(f"{file}: {size} bytes is not a whole, non-zero number of "
+                                f"{CIFAR_RECORD_BYTES}-byte CIFAR-10 records (1 label byte + 3072 image bytes)")
+            records = np.memmap(file, dtype=np.uint8, mode="r").reshape(-1, CIFAR_RECORD_BYTES)
+            if num_classes is not None:
+                top = int(records[:, 0].max())
+                if top >= num_classes:
+                    raise UserError(f"{file}: label {top} found, but num_classes={num_classes} "
+                                    f"(labels must be 0..{num_classes - 1})")
+            self.records.append(records)
+        self.offsets = np.cumsum([0] + [len(r) for r in self.records])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        file_index = int(np.searchsorted(self.offsets, index, side="right")) - 1
+        record = self.records[file_index][index - self.offsets[file_index]]
+        image = record[1:].reshape(CIFAR_IMAGE_SHAPE).transpose(1, 2, 0)
+        return np.ascontiguousarray(image), np.array(record[0], dtype=np.int32)
+
+
+def _normalize(mean: Sequence[float], std: Sequence[float]) -> V.Normalize:
+    """Normalise uint8 pixels: (x / 255 - mean) / std in one op."""
+    return V.Normalize(mean=[255 * m for m in mean], std=[255 * s for s in std])
+
+
+def train_transforms(dataset_name: str, *, image_size: tuple[int, int]) -> list:
+    """Augmentation + normalisation for training; CIFAR ops take decoded HWC uint8 images,
+    ImageNet ops take encoded JPEG bytes."""
+    if dataset_name == "cifar10":
+        ops = [V.RandomCrop((32, 32), (4, 4, 4, 4)), V.RandomHorizontalFlip()]
+        if tuple(image_size) != (32, 32):
+            ops.append(V.Resize(image_size))
+        return ops + [_normalize(CIFAR_MEAN, CIFAR_STD), V.HWC2CHW()]
+    return [
+        V.RandomCropDecodeResize(image_size, scale=(0.08, 1.0), ratio=(0.75, 1.333)),
+        V.RandomHorizontalFlip(prob=0.5),
+        V.RandomColorAdjust(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1),
+        _normalize(IMAGENET_MEAN, IMAGENET_STD),
+        V.HWC2CHW(),
+    ]
+
+
+def eval_transforms(dataset_name: str, *, image_size: tuple[int, int]) -> list:
+    """Deterministic preprocessing for evaluation, export checks and offline inference."""
+    if dataset_name == "cifar10":
+        ops = [] if tuple(image_size) == (32, 32) else [V.Resize(image_size)]
+        return ops + [_normalize(CIFAR_MEAN, CIFAR_STD), V.HWC2CHW()]
+    return [
+        V.Decode(),
+        V.Resize(round(image_size[0] * IMAGENET_RESIZE_RATIO)),
+        V.CenterCrop(image_size),
+        _normalize(IMAGENET_MEAN, IMAGENET_STD),
+        V.HWC2CHW(),
+    ]
+
+
+def _image_folder(data_dir: str | Path) -> Path:
+    path = Path(data_dir)
+    if not path.is_dir():
+        raise UserError(f"ImageNet folder {path} does not exist; expected one sub-folder of images per class")
+    if not any(child.is_dir() for child in path.iterdir()):
+        raise UserError(f"ImageNet folder {path} has no class sub-folders; expected {path}/<class>/<image>.JPEG")
+    return path
+
+
+def create_dataset(dataset_name: str, data_dir: str | Path, *, training: bool, batch_size: int,
+                   image_size: tuple[int, int], num_parallel_workers: int = 2, num_classes: int | None = None,
+                   rank_id: int = 0, rank_size: int = 1, shuffle: bool | None = None) -> ds.Dataset:
+    """Batched (image float32 NCHW, label int32) pipeline for ``dataset_name`` in {cifar10, imagenet}.
+
+    Training batches drop the last partial batch; evaluation keeps every image. ``rank_size`` > 1
+    reads the ``rank_id``-th of ``rank_size`` disjoint shards.
+    """
+    shuffle = training if shuffle is None else shuffle
+    shard = {"num_shards": rank_size, "shard_id": rank_id} if rank_size > 1 else {}
+    if dataset_name == "cifar10":
+        source = CifarBinarySource(cifar10_files(data_dir, training), num_classes)
+        data = ds.GeneratorDataset(source, column_names=["image", "label"], shuffle=shuffle,
+                                   python_multiprocessing=False, **shard)
+    elif dataset_name == "imagenet":
+        data = ds.ImageFolderDataset(str(_image_folder(data_dir)), shuffle=shuffle,
+                                     num_parallel_workers=num_parallel_workers, **shard)
+    else:
+        raise UserError(f"unknown dataset_name '{dataset_name}'; expected one of: cifar10, imagenet")
+
+    make_transforms = train_transforms if training else eval_transforms
+    data = data.map(make_transforms(dataset_name, image_size=image_size), input_columns="image",
+                    num_parallel_workers=num_parallel_workers)
+    data = data.map(T.TypeCast(ms.int32), input_columns="label", num_parallel_workers=1)
+    return data.batch(batch_size, drop_remainder=training)
+
+
+def create_dataset_from_config(config, *, training: bool, rank_id: int = 0, rank_size: int = 1,
+                               batch_size: int | None = None) -> ds.Dataset:
+    """``create_dataset`` with the data keys of a loaded config."""
+    return create_dataset(
+        config.dataset_name,
+        config.train_data_path if training else config.val_data_path,
+        training=training,
+        batch_size=batch_size or config.batch_size,
+        image_size=(config.image_height, config.image_width),
+        num_parallel_workers=config.num_parallel_workers,
+        num_classes=config.num_classes,
+        rank_id=rank_id,
+        rank_size=rank_size,
+    )

@@ -1,0 +1,332 @@
+"""One configuration loader for every entry script: YAML file, then command-line overrides.
+
+A config file has up to three YAML documents: 1 = values, 2 = help strings, 3 (optional) = allowed
+values per key. Every key of ``SCHEMA`` is also a ``--key`` flag; its type is the schema's type,
+which the YAML value must match. Precedence: YAML < command line. Everything is validated here,
+once; a bad value raises ``ConfigError`` with one line that names the key, the value and what is
+allowed. Nothing in this module reads ``sys.argv`` unless ``load_config`` is called without
+``argv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import math
+import os
+import textwrap
+import typing
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from src.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_CONFIG_PATH = REPO_ROOT / "cifar10_config.yaml"
+
+# Every key a config file holds, with its type. Configs are data: adding a key means adding it
+# here and to each shipped YAML (tests/test_config.py checks they agree).
+SCHEMA: dict[str, Any] = {
+    # ModelArts and file locations
+    "enable_modelarts": bool,
+    "data_url": str,
+    "train_url": str,
+    "checkpoint_url": str,
+    "data_path": str,
+    "output_path": str,
+    "load_path": str,
+    "need_modelarts_dataset_unzip": bool,
+    "modelarts_dataset_unzip_name": str,
+    "device_target": str,
+    # data
+    "dataset_name": str,
+    "train_data_path": str,
+    "val_data_path": str,
+    "num_parallel_workers": int,
+    "image_height": int,
+    "image_width": int,
+    "batch_size": int,
+    # network
+    "num_classes": int,
+    "dropout_rate": float,
+    # training
+    "pre_trained": str,
+    "epoch_size": int,
+    "lr_scheduler": str,
+    "lr_init": float,
+    "lr_epochs": list[int],
+    "lr_gamma": float,
+    "eta_min": float,
+    "T_max": int,
+    "warmup_epochs": int,
+    "momentum": float,
+    "weight_decay": float,
+    "no_decay_bn_bias": bool,
+    "use_label_smooth": bool,
+    "label_smooth_factor": float,
+    "is_dynamic_loss_scale": bool,
+    "loss_scale": float,
+    "amp_level": str,
+    "dataset_sink_mode": bool,
+    "seed": int,
+    "log_interval": int,
+    "save_checkpoint_epochs": int,
+    "keep_checkpoint_max": int,
+    "ckpt_save_dir": str,
+    # evaluation
+    "checkpoint_path": str,
+    # export
+    "ckpt_file": str,
+    "file_name": str,
+    "file_format": str,
+    "export_batch_size": int,
+}
+
+# Allowed values that hold for every config; a file's third document may narrow them further.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "dataset_name": ("cifar10", "imagenet"),
+    "device_target": ("Ascend", "GPU", "CPU"),
+    "file_format": ("MINDIR", "ONNX", "AIR"),
+    "lr_scheduler": ("step", "exponential", "cosine_annealing"),
+    "amp_level": ("O0", "O1", "O2", "O3"),
+}
+
+
+def _positive(value: float) -> bool:
+    return value > 0
+
+
+def _non_negative(value: float) -> bool:
+    return value >= 0
+
+
+def _unit_interval(value: float) -> bool:
+    return 0 <= value < 1
+
+
+def _increasing_positive(values: list[int]) -> bool:
+    return all(v > 0 for v in values) and all(a < b for a, b in zip(values, values[1:], strict=False))
+
+
+RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    **{
+        key: (_positive, "a value > 0")
+        for key in (
+            "batch_size", "epoch_size", "image_height", "image_width",
+            "num_parallel_workers", "lr_init", "T_max", "loss_scale", "log_interval",
+            "save_checkpoint_epochs", "keep_checkpoint_max", "export_batch_size",
+        )
+    },
+    **{
+        key: (_non_negative, "a value >= 0")
+        for key in ("eta_min", "warmup_epochs", "momentum", "weight_decay", "seed")
+    },
+    "num_classes": (lambda v: v >= 2, "at least 2 classes"),
+    "dropout_rate": (_unit_interval, "a value in [0, 1)"),
+    "label_smooth_factor": (_unit_interval, "a value in [0, 1)"),
+    "lr_gamma": (lambda v: 0 < v <= 1, "a value in (0, 1]"),
+    "lr_epochs": (_increasing_positive, "increasing positive epochs, e.g. 30,60,90"),
+}
+
+_TRUE = {"true", "1"}
+_FALSE = {"false", "0"}
+
+
+class Config:
+    """The resolved configuration: attribute access to every key, plus where it came from."""
+
+    def __init__(self, values: dict[str, Any], config_path: Path) -> None:
+        self.__dict__.update(values)
+        self.config_path = config_path
+
+    def to_dict(self) -> dict[str, Any]:
+        return {key: getattr(self, key) for key in SCHEMA}
+
+    def summary(self, width: int = 110) -> str:
+        """The merged config in a few wrapped lines of ``key=value``."""
+        pairs = " ".join(f"{key}={_format(value)}" for key, value in self.to_dict().items())
+        body = textwrap.fill(pairs, width=width, initial_indent="  ", subsequent_indent="  ",
+                             break_on_hyphens=False)
+        return f"config {self.config_path}:\n{body}"
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the resolved values as a YAML file that ``load_config`` reads back."""
+        with open(path, "w", encoding="utf-8") as handle:
+            yaml.safe_dump(self.to_dict(), handle, sort_keys=False)
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    if value == "":
+        return "''"
+    return str(value)
+
+
+def _type_name(kind: Any) -> str:
+    if typing.get_origin(kind) is list:
+        return f"a comma-separated list of {_type_name(typing.get_args(kind)[0])}s"
+    return {bool: "a boolean (True/False/true/false/1/0)", int: "an integer",
+            float: "a number", str: "a string"}[kind]
+
+
+def _convert_text(kind: Any, text: str) -> Any:
+    """Convert a command-line string to ``kind``; raise ValueError when it does not fit."""
+    if typing.get_origin(kind) is list:
+        item_kind = typing.get_args(kind)[0]
+        text = text.strip()
+        if text.startswith("[") and text.endswith("]"):
+            text = text[1:-1]
+        return [_convert_text(item_kind, part) for part in text.split(",") if part.strip()]
+    text = text.strip()
+    if kind is bool:
+        if text.lower() in _TRUE:
+            return True
+        if text.lower() in _FALSE:
+            return False
+        raise ValueError(text)
+    if kind is int:
+        return int(text, 10)
+    if kind is float:
+        number = float(text)
+        if not math.isfinite(number):
+            raise ValueError(text)
+        return number
+    return text
+
+
+def _check_yaml_value(kind: Any, value: Any) -> Any:
+    """Check a value read from YAML against ``kind``; return it (ints widened to floats)."""
+    if typing.get_origin(kind) is list:
+        if not isinstance(value, list):
+            raise ValueError(value)
+        return [_check_yaml_value(typing.get_args(kind)[0], item) for item in value]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is int and isinstance(value, bool):
+        raise ValueError(value)
+    if kind is bool and isinstance(value, int) and not isinstance(value, bool) and value in (0, 1):
+        return bool(value)
+    if not isinstance(value, kind):
+        raise ValueError(value)
+    return value
+
+
+def _read_yaml(path: Path) -> tuple[dict, dict, dict]:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; pass --config_path=<a .yaml file>")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            documents = [doc for doc in yaml.safe_load_all(handle)]
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or "invalid YAML"
+        raise ConfigError(f"config file {path}: {problem}{where}") from None
+    if not documents or not isinstance(documents[0], dict):
+        raise ConfigError(f"config file {path}: the first YAML document must map keys to values")
+    if len(documents) > 3:
+        raise ConfigError(f"config file {path}: expected at most 3 YAML documents "
+                          f"(values, help, choices), found {len(documents)}")
+    values, helps, choices = (documents + [{}, {}])[:3]
+    for name, doc in (("help", helps), ("choices", choices)):
+        if doc is not None and not isinstance(doc, dict):
+            raise ConfigError(f"config file {path}: the {name} document must map keys to text")
+    return values, helps or {}, choices or {}
+
+
+def _suggest(key: str) -> str:
+    close = difflib.get_close_matches(key, SCHEMA, n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but its errors become a ConfigError instead of usage text and exit."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        raise ConfigError(message)
+
+
+def _build_parser(config_path: Path, helps: dict, choices: dict, defaults: dict) -> argparse.ArgumentParser:
+    parser = _Parser(
+        description=f"Keys and defaults from {config_path}; any key can be overridden as --key=value.",
+        allow_abbrev=False, add_help=True)
+    parser.add_argument("--config_path", default=str(config_path), help="YAML config file")
+    for key, kind in SCHEMA.items():
+        allowed = choices.get(key)
+        text = str(helps.get(key, "")).strip()
+        extra = f" Choices: {', '.join(map(str, allowed))}." if allowed else ""
+        parser.add_argument(f"--{key}", default=None, metavar=key.upper(),
+                            help=f"{text} ({_type_name(kind)}; default {_format(defaults.get(key))}).{extra}")
+    return parser
+
+
+def _validate(key: str, value: Any, choices: dict, source: str) -> None:
+    allowed = choices.get(key)
+    if allowed is not None and value not in allowed:
+        raise ConfigError(f"{key}={_format(value)} ({source}) is not allowed; "
+                          f"expected one of: {', '.join(map(str, allowed))}")
+    rule = RULES.get(key)
+    if rule is not None and not rule[0](value):
+        raise ConfigError(f"{key}={_format(value)} ({source}) is invalid; expected {rule[1]}")
+
+
+def load_config(argv: Sequence[str] | None = None, default_config: str | os.PathLike | None = None) -> Config:
+    """Read the YAML named by ``--config_path`` and apply ``--key=value`` overrides from ``argv``.
+
+    ``argv=None`` reads ``sys.argv[1:]``; ``default_config`` is the file used when no
+    ``--config_path`` is given (the CIFAR-10 Ascend/GPU config by default).
+    """
+    pre = _Parser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--config_path", default=str(default_config or DEFAULT_CONFIG_PATH))
+    known, _ = pre.parse_known_args(argv)
+    config_path = Path(known.config_path).expanduser().resolve()
+    values, helps, file_choices = _read_yaml(config_path)
+
+    unknown = [key for key in values if key not in SCHEMA]
+    if unknown:
+        raise ConfigError(f"config file {config_path}: unknown key '{unknown[0]}'{_suggest(unknown[0])}")
+    missing = [key for key in SCHEMA if key not in values]
+    if missing:
+        raise ConfigError(f"config file {config_path}: missing key '{missing[0]}' "
+                          f"({_type_name(SCHEMA[missing[0]])})")
+    choices = dict(CHOICES)
+    for key, allowed in file_choices.items():
+        if key not in SCHEMA or not isinstance(allowed, list):
+            raise ConfigError(f"config file {config_path}: choices for '{key}' must be a list of values of a known key")
+        choices[key] = tuple(allowed)
+
+    resolved: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for key, kind in SCHEMA.items():
+        try:
+            resolved[key] = _check_yaml_value(kind, values[key])
+        except ValueError:
+            raise ConfigError(f"{key}={values[key]!r} in {config_path.name} has the wrong type; "
+                              f"expected {_type_name(kind)}") from None
+        sources[key] = config_path.name
+
+    parser = _build_parser(config_path, helps, choices, resolved)
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        flag = extras[0]
+        name = flag.lstrip("-").split("=", 1)[0]
+        hint = _suggest(name) if flag.startswith("--") else " (options are written --key=value)"
+        raise ConfigError(f"unknown option '{flag}'{hint}; run with --help to list the keys of {config_path.name}")
+
+    for key, kind in SCHEMA.items():
+        text = getattr(args, key)
+        if text is None:
+            continue
+        try:
+            resolved[key] = _convert_text(kind, text)
+        except ValueError:
+            raise ConfigError(f"--{key}={text!r} has the wrong type; expected {_type_name(kind)}") from None
+        sources[key] = "command line"
+
+    for key, value in resolved.items():
+        _validate(key, value, choices, sources[key])
+    return Config(resolved, config_path)

@@ -1,0 +1,81 @@
+"""Run-time setup shared by the entry scripts: device context, CPU kernels, distributed ranks.
+
+Rank and device numbers come from the launcher's environment through an adapter module: the
+local one, or on ModelArts the moxing one (which reads the same variables there).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from src.logger import logger
+from src.model_utils import local_adapter
+
+# oneDNN picks slow reference convolution kernels on some AVX-512 CPUs (measured ~45x slower for
+# GoogleNet); capping the instruction set at AVX2 restores its JIT kernels.
+ONEDNN_ISA_VARIABLE = "ONEDNN_MAX_CPU_ISA"
+ONEDNN_ISA_DEFAULT = "AVX2"
+
+get_device_id = local_adapter.get_device_id
+get_device_num = local_adapter.get_device_num
+get_rank_id = local_adapter.get_rank_id
+get_job_id = local_adapter.get_job_id
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in the job: rank ``rank_id`` of ``rank_size``."""
+
+    rank_id: int = 0
+    rank_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 writes checkpoints and the logs meant for the user."""
+        return self.rank_id == 0
+
+
+def cap_cpu_kernels() -> None:
+    """Keep oneDNN on its fast kernels unless the user chose an ISA cap already."""
+    if ONEDNN_ISA_VARIABLE in os.environ:
+        logger.info("%s=%s (set by the user)", ONEDNN_ISA_VARIABLE, os.environ[ONEDNN_ISA_VARIABLE])
+        return
+    os.environ[ONEDNN_ISA_VARIABLE] = ONEDNN_ISA_DEFAULT
+    logger.info("%s=%s set for fast CPU convolutions (export %s=<isa> to choose another)",
+                ONEDNN_ISA_VARIABLE, ONEDNN_ISA_DEFAULT, ONEDNN_ISA_VARIABLE)
+
+
+def launched_distributed() -> bool:
+    """True when a launcher started this process as one of several: msrun, a rank table or mpirun."""
+    if os.environ.get("MS_ROLE") == "MS_WORKER":
+        return True
+    if os.environ.get("RANK_TABLE_FILE") and get_device_num() > 1:
+        return True
+    return int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1") or 1) > 1
+
+
+def configure_device(config, distributed: bool = False) -> Ranks:
+    """Set the MindSpore context for ``config.device_target`` (graph mode).
+
+    With ``distributed`` and a distributed launcher, initialise communication and data-parallel
+    training with averaged gradients, and return this process's rank.
+    """
+    import mindspore as ms
+
+    if config.device_target == "CPU":
+        cap_cpu_kernels()
+        ms.set_device("CPU")
+    else:
+        ms.set_device(config.device_target, get_device_id())
+    ms.set_context(mode=ms.GRAPH_MODE)
+    if not (distributed and launched_distributed()):
+        return Ranks()
+
+    from mindspore.communication import get_group_size, get_rank, init
+
+    init()
+    ranks = Ranks(rank_id=get_rank(), rank_size=get_group_size())
+    ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
+                                 device_num=ranks.rank_size)
+    return ranks

@@ -40,6 +40,7 @@ SCHEMA: dict[str, Any] = {
     "load_path": str,
     "need_modelarts_dataset_unzip": bool,
     "modelarts_dataset_unzip_name": str,
+    "modelarts_sync_timeout": int,
     "device_target": str,
     # data
     "dataset_name": str,
@@ -118,6 +119,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
             "batch_size", "epoch_size", "image_height", "image_width",
             "num_parallel_workers", "lr_init", "T_max", "loss_scale", "log_interval",
             "save_checkpoint_epochs", "keep_checkpoint_max", "export_batch_size",
+            "modelarts_sync_timeout",
         )
     },
     **{
@@ -168,7 +170,8 @@ def _format(value: Any) -> str:
 
 def _type_name(kind: Any) -> str:
     if typing.get_origin(kind) is list:
-        return f"a comma-separated list of {_type_name(typing.get_args(kind)[0])}s"
+        item = {int: "integers", float: "numbers", str: "strings"}[typing.get_args(kind)[0]]
+        return f"a comma-separated list of {item}"
     return {bool: "a boolean (True/False/true/false/1/0)", int: "an integer",
             float: "a number", str: "a string"}[kind]
 
@@ -257,7 +260,7 @@ def _build_parser(config_path: Path, helps: dict, choices: dict, defaults: dict)
     parser.add_argument("--config_path", default=str(config_path), help="YAML config file")
     for key, kind in SCHEMA.items():
         allowed = choices.get(key)
-        text = str(helps.get(key, "")).strip()
+        text = str(helps.get(key, "")).strip().replace("%", "%%")
         extra = f" Choices: {', '.join(map(str, allowed))}." if allowed else ""
         parser.add_argument(f"--{key}", default=None, metavar=key.upper(),
                             help=f"{text} ({_type_name(kind)}; default {_format(defaults.get(key))}).{extra}")
@@ -272,6 +275,12 @@ def _validate(key: str, value: Any, choices: dict, source: str) -> None:
     rule = RULES.get(key)
     if rule is not None and not rule[0](value):
         raise ConfigError(f"{key}={_format(value)} ({source}) is invalid; expected {rule[1]}")
+
+
+def _place_outputs_under(values: dict[str, Any], output_path: str) -> None:
+    """On ModelArts only output_path is uploaded: relative checkpoint and export paths go under it."""
+    for key in ("ckpt_save_dir", "file_name"):
+        values[key] = os.path.abspath(os.path.join(output_path, values[key]))
 
 
 def load_config(argv: Sequence[str] | None = None, default_config: str | os.PathLike | None = None) -> Config:
@@ -329,4 +338,6 @@ def load_config(argv: Sequence[str] | None = None, default_config: str | os.Path
 
     for key, value in resolved.items():
         _validate(key, value, choices, sources[key])
+    if resolved["enable_modelarts"]:
+        _place_outputs_under(resolved, resolved["output_path"])
     return Config(resolved, config_path)

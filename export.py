@@ -15,8 +15,10 @@ from src.googlenet import create_model
 from src.logger import setup_logging
 from src.model_utils.config import load_config
 from src.model_utils.device_adapter import configure_device
+from src.model_utils.moxing_adapter import moxing_wrapper
 
 
+@moxing_wrapper
 def main() -> None:
     config = load_config()
     setup_logging()

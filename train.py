@@ -20,9 +20,11 @@ from src.logger import logger, setup_logging
 from src.lr_scheduler import create_lr_schedule
 from src.model_utils.config import load_config
 from src.model_utils.device_adapter import configure_device, get_rank_id
+from src.model_utils.moxing_adapter import moxing_wrapper
 from src.trainer import TrainMonitor, create_checkpoint_callback, create_train_model
 
 
+@moxing_wrapper
 def main() -> None:
     config = load_config()
     setup_logging(get_rank_id())

@@ -8,6 +8,7 @@ shuffling and sharding are the engine's own.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,8 +29,13 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # ImageNet evaluation resizes the shorter side to 256 for a 224 crop; other crop sizes keep the ratio.
 IMAGENET_RESIZE_RATIO = 256 / 224
 
-GET_CIFAR_HINT = ("get CIFAR-10 (binary version) from https://www.cs.toronto.edu/~kriz/cifar.html "
-                  "and pass its cifar-10-batches-bin folder")
+CIFAR_FOLDER = "cifar-10-batches-bin"
+
+
+def get_cifar_hint(path: Path) -> str:
+    """The exact command that puts CIFAR-10 where ``path`` expects it."""
+    dest = path.parent if path.name == CIFAR_FOLDER else path
+    return f"get it with: python -m src.data_fetch cifar10 --dest {dest} (writes {dest / CIFAR_FOLDER})"
 
 
 def cifar10_files(data_dir: str | Path, training: bool) -> list[Path]:
@@ -42,18 +48,38 @@ def cifar10_files(data_dir: str | Path, training: bool) -> list[Path]:
     if path.is_file():
         return [path]
     if not path.is_dir():
-        raise UserError(f"CIFAR-10 data folder {path} does not exist; {GET_CIFAR_HINT}")
+        raise UserError(f"CIFAR-10 data folder {path} does not exist; {get_cifar_hint(path)}")
     if training:
         files = sorted(path.glob("data_batch_*.bin"))
         if not files:
-            raise UserError(f"no data_batch_*.bin in {path} (CIFAR-10 training files); {GET_CIFAR_HINT}")
+            raise UserError(f"no data_batch_*.bin in {path} (CIFAR-10 training files); {_cifar_layout_hint(path)}")
+        _check_batch_numbers(path, files)
         return files
     if (path / "test_batch.bin").is_file():
         return [path / "test_batch.bin"]
     files = sorted(p for p in path.glob("*.bin") if not p.name.startswith("data_batch_"))
     if not files:
-        raise UserError(f"no test_batch.bin in {path} (CIFAR-10 evaluation file); {GET_CIFAR_HINT}")
+        raise UserError(f"no test_batch.bin in {path} (CIFAR-10 evaluation file); {_cifar_layout_hint(path)}")
     return files
+
+
+def _cifar_layout_hint(path: Path) -> str:
+    """What is wrong with a folder without CIFAR-10 binary files, and how to fix it."""
+    if (path / CIFAR_FOLDER).is_dir():
+        return f"pass its sub-folder {path / CIFAR_FOLDER}"
+    if (path / "data_batch_1").is_file() or (path / "test_batch").is_file():
+        return f"this is the Python version of CIFAR-10; the binary version is needed, {get_cifar_hint(path.parent)}"
+    return get_cifar_hint(path)
+
+
+def _check_batch_numbers(path: Path, files: Sequence[Path]) -> None:
+    """data_batch_1..N without gaps (N is 5 for CIFAR-10, fewer for subsets): a gap means an incomplete copy."""
+    numbers = sorted(int(f.stem.rsplit("_", 1)[1]) for f in files if f.stem.rsplit("_", 1)[1].isdigit())
+    missing = [n for n in range(1, max(numbers, default=0) + 1) if n not in numbers]
+    if missing:
+        found = ", ".join(f.name for f in files)
+        raise UserError(f"{path}: data_batch_{missing[0]}.bin is missing (found {found}); the copy is incomplete, "
+                        f"{get_cifar_hint(path)}")
 
 
 class CifarBinarySource:
@@ -65,7 +91,8 @@ class CifarBinarySource:
             size = Path(file).stat().st_size
             if size == 0 or size % CIFAR_RECORD_BYTES:
                 raise UserError(f"{file}: {size} bytes is not a whole, non-zero number of "
-                                f"{CIFAR_RECORD_BYTES}-byte CIFAR-10 records (1 label byte + 3072 image bytes)")
+                                f"{CIFAR_RECORD_BYTES}-byte CIFAR-10 records (1 label byte + 3072 image bytes): "
+                                "a truncated copy, or not the binary version of CIFAR-10")
             records = np.memmap(file, dtype=np.uint8, mode="r").reshape(-1, CIFAR_RECORD_BYTES)
             if num_classes is not None:
                 top = int(records[:, 0].max())
@@ -123,10 +150,17 @@ def eval_transforms(dataset_name: str, *, image_size: tuple[int, int]) -> list:
 
 def _image_folder(data_dir: str | Path) -> Path:
     path = Path(data_dir)
+    check = f"check a tree with: python -m src.data_fetch imagenet {path}"
     if not path.is_dir():
-        raise UserError(f"ImageNet folder {path} does not exist; expected one sub-folder of images per class")
-    if not any(child.is_dir() for child in path.iterdir()):
+        raise UserError(f"ImageNet folder {path} does not exist; expected one sub-folder of images per class "
+                        f"(ImageNet cannot be downloaded automatically: see the README, then {check})")
+    classes = sorted(child for child in path.iterdir() if child.is_dir())
+    if not classes:
         raise UserError(f"ImageNet folder {path} has no class sub-folders; expected {path}/<class>/<image>.JPEG")
+    empty = [folder for folder in classes if not any(entry.is_file() for entry in os.scandir(folder))]
+    if empty:
+        raise UserError(f"ImageNet class folder {empty[0]} holds no image files ({len(empty)} of {len(classes)} "
+                        f"class folders are empty); every class needs images, {check}")
     return path
 
 

@@ -8,6 +8,7 @@ traceback.
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable
 
@@ -24,10 +25,32 @@ class ConfigError(UserError):
     exit_code = 2
 
 
+# MindSpore's dataset engine names the input file a map operation failed on.
+_PIPELINE_FILE_ERROR = re.compile(
+    r"map operation: \[(?P<op>[^\]]+)\] failed\. The corresponding data file is: (?P<file>.+?)\. (?P<reason>[^\n]*)")
+
+
+def pipeline_file_error(err: BaseException) -> UserError | None:
+    """The dataset engine's failure on one input file (a corrupt or non-image file) as a UserError."""
+    match = _PIPELINE_FILE_ERROR.search(str(err)) if isinstance(err, RuntimeError) else None
+    if match is None:
+        return None
+    reason = match["reason"].strip().rstrip(".")
+    if "decode" in reason.lower():
+        return UserError(f"{match['file']}: not a readable image ({reason}); remove or replace this file")
+    return UserError(f"{match['file']}: the data pipeline's {match['op']} failed on this file ({reason})")
+
+
 def run_main(main: Callable[[], object]) -> None:
     """Call ``main``; report a ``UserError`` as a single line and exit with its code."""
     try:
-        main()
+        try:
+            main()
+        except RuntimeError as err:
+            data_error = pipeline_file_error(err)
+            if data_error is None:
+                raise
+            raise data_error from None
     except UserError as err:
         message = " ".join(str(err).split("\n"))
         print(f"error: {message}", file=sys.stderr, flush=True)

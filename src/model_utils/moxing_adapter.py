@@ -181,9 +181,10 @@ def unzip_dataset(zip_path: Path, destination: Path) -> None:
                 _safe_member(scratch, member.filename)
                 archive.extract(member, scratch)
                 done_bytes += member.file_size
-                while 100 * done_bytes // total >= next_report and next_report <= 100:
-                    print(f"unzip {zip_path.name}: {next_report}% ({done_bytes} of {total} bytes)", flush=True)
-                    next_report += 10
+                percent = 100 * done_bytes // total
+                if percent >= next_report:
+                    print(f"unzip {zip_path.name}: {percent}% ({done_bytes} of {total} bytes)", flush=True)
+                    next_report = percent // 10 * 10 + 10
         for entry in scratch.iterdir():
             target = destination / entry.name
             if target.is_dir() and not target.is_symlink():

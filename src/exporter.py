@@ -11,6 +11,7 @@ import mindspore as ms
 import mindspore.nn as nn
 import numpy as np
 
+from src.atomic_io import disk_full_error, ensure_folder
 from src.errors import ConfigError, UserError
 
 EXTENSIONS = {"MINDIR": ".mindir", "ONNX": ".onnx", "AIR": ".air"}
@@ -30,7 +31,7 @@ def export_network(net: nn.Cell, input_shape: tuple[int, ...], file_name: str | 
     when MindSpore has finished, so a failed or interrupted export leaves no partial model.
     """
     target = Path(str(file_name) + EXTENSIONS[file_format])
-    target.parent.mkdir(parents=True, exist_ok=True)
+    ensure_folder(target.parent, "file_name")
     dummy = ms.Tensor(np.zeros(input_shape, dtype=np.float32))
     scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
@@ -43,8 +44,17 @@ def export_network(net: nn.Cell, input_shape: tuple[int, ...], file_name: str | 
             ms.export(net, dummy, file_name=str(partial), file_format=file_format)
         written = scratch / target.name
         if not written.is_file():
-            raise UserError(f"export to {file_format} produced no {written.name}")
+            # MindSpore's ONNX writer logs a failed write (e.g. a full disk) instead of raising.
+            free_mb = shutil.disk_usage(target.parent).free / 2**20
+            raise UserError(f"export to {file_format} produced no {target.name} in {target.parent} "
+                            f"({free_mb:.0f} MB free there; see MindSpore's log above); expected a writable "
+                            "folder with room for the model")
         os.replace(written, target)
+    except (OSError, RuntimeError) as err:
+        full = disk_full_error(err, target)
+        if full is None:
+            raise
+        raise full from None
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return target

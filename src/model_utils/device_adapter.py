@@ -7,8 +7,10 @@ local one, or on ModelArts the moxing one (which reads the same variables there)
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
+from src.errors import UserError
 from src.logger import logger
 from src.model_utils import local_adapter
 
@@ -55,6 +57,25 @@ def launched_distributed() -> bool:
     return int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1") or 1) > 1
 
 
+def _set_device(device_target: str) -> None:
+    """Select the device; one this MindSpore installation cannot drive is a UserError."""
+    import mindspore as ms
+
+    try:
+        if device_target == "CPU":
+            ms.set_device("CPU")
+        else:
+            ms.set_device(device_target, get_device_id())
+    except RuntimeError as err:
+        if "Unsupported device target" not in str(err):
+            raise
+        supported = re.search(r"only supports one of the (\[[^\]]*\])", str(err))
+        available = f" (it supports {supported.group(1)})" if supported else ""
+        raise UserError(f"device_target={device_target} is not available in this MindSpore installation{available}; "
+                        f"install MindSpore built for {device_target} with its drivers, or pass "
+                        "--device_target=CPU") from None
+
+
 def configure_device(config, distributed: bool = False) -> Ranks:
     """Set the MindSpore context for ``config.device_target`` (graph mode).
 
@@ -65,9 +86,7 @@ def configure_device(config, distributed: bool = False) -> Ranks:
 
     if config.device_target == "CPU":
         cap_cpu_kernels()
-        ms.set_device("CPU")
-    else:
-        ms.set_device(config.device_target, get_device_id())
+    _set_device(config.device_target)
     ms.set_context(mode=ms.GRAPH_MODE)
     if not (distributed and launched_distributed()):
         return Ranks()

@@ -135,6 +135,12 @@ def test_first_process_of_a_server_copies_and_unzips_while_the_other_waits(obs, 
 
 
 def test_waiting_process_gives_up_after_the_timeout(obs, job_id, tmp_path):
+    """No first process: the waiter stops after modelarts_sync_timeout, ignoring an earlier run's marker."""
+    import tempfile
+
+    markers = Path(tempfile.gettempdir()) / f"googlenet_modelarts_{job_id}"
+    markers.mkdir()
+    (markers / "download data_url.done").write_text(f"{time.time() - 3600}\nok")
     env = modelarts_env(obs, job_id, DEVICE_ID="1", RANK_SIZE="2")
     result = run_script("eval.py", *SMALL_CIFAR, *server_args(tmp_path / "cache"), "--modelarts_sync_timeout=2",
                         cwd=tmp_path, env=env)

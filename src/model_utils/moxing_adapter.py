@@ -30,6 +30,10 @@ from src.errors import UserError
 
 DEVICES_PER_SERVER = 8
 MARKER_POLL_SECONDS = 0.5
+# The processes of one run start within seconds of each other; a marker whose writer started further
+# away from this process belongs to an earlier run.
+LAUNCH_SPREAD_SECONDS = 120
+PROCESS_START = time.time()
 
 
 def _env_int(name: str, default: int) -> int:
@@ -82,10 +86,21 @@ def import_moxing() -> ModuleType:
 
 
 def _marker_dir() -> Path:
-    """Markers of this job on this server: keyed by JOB_ID, else by the launcher (parent process)
-    that started all local processes, so that markers of an earlier run are never taken as done."""
-    job = os.environ.get("JOB_ID", "").strip() or f"ppid{os.getppid()}"
-    return Path(tempfile.gettempdir()) / f"googlenet_modelarts_{job}"
+    """Markers of this job on this server (a fixed folder per JOB_ID, so any launcher's processes meet)."""
+    return Path(tempfile.gettempdir()) / f"googlenet_modelarts_{get_job_id()}"
+
+
+def _read_marker(marker: Path) -> str | None:
+    """The message of a marker written in this run, else None.
+
+    A marker records when its writer started; the processes of one run start within
+    LAUNCH_SPREAD_SECONDS of each other, so a marker of an earlier run on this machine is ignored.
+    """
+    try:
+        started, _, message = marker.read_text(encoding="utf-8").partition("\n")
+        return message if abs(float(started) - PROCESS_START) <= LAUNCH_SPREAD_SECONDS else None
+    except (FileNotFoundError, ValueError):
+        return None
 
 
 def run_once_per_server(name: str, action: Callable[[], None], timeout: float) -> None:
@@ -101,6 +116,8 @@ def run_once_per_server(name: str, action: Callable[[], None], timeout: float) -
     markers.mkdir(parents=True, exist_ok=True)
     done, failed = markers / f"{name}.done", markers / f"{name}.failed"
     if is_first_local_process():
+        for stale in (done, failed):
+            stale.unlink(missing_ok=True)
         try:
             action()
         except BaseException as err:
@@ -113,17 +130,17 @@ def run_once_per_server(name: str, action: Callable[[], None], timeout: float) -
 
 def _write_marker(path: Path, text: str) -> None:
     partial = path.with_name(f".{path.name}.{os.getpid()}")
-    partial.write_text(text, encoding="utf-8")
+    partial.write_text(f"{PROCESS_START}\n{text}", encoding="utf-8")
     os.replace(partial, path)
 
 
 def _wait_for_marker(name: str, done: Path, failed: Path, timeout: float) -> None:
     print(f"device {get_device_id()}: waiting for the first process of this server to finish {name}", flush=True)
     deadline = time.monotonic() + timeout
-    while not done.exists():
-        if failed.exists():
-            raise UserError(f"{name} failed in the first process of this server: "
-                            f"{failed.read_text(encoding='utf-8').strip()}")
+    while _read_marker(done) is None:
+        failure = _read_marker(failed)
+        if failure is not None:
+            raise UserError(f"{name} failed in the first process of this server: {failure.strip()}")
         if time.monotonic() > deadline:
             raise UserError(f"waited {timeout:g} s (modelarts_sync_timeout) for the first process of this server "
                             f"(device {get_device_id() - get_device_id() % DEVICES_PER_SERVER}) to finish {name}, "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -47,6 +48,7 @@ class ArchiveServer:
         self.payload = payload
         self.ranges: list[str | None] = []  # the Range header of every request
         self.cut_after: int | None = None   # close the connection after sending this many bytes
+        self.ignore_range = False           # answer like a server without Range support
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -56,6 +58,8 @@ class ArchiveServer:
             def do_GET(self) -> None:
                 header = self.headers.get("Range")
                 server.ranges.append(header)
+                if server.ignore_range:
+                    header = None
                 start = int(header.split("=")[1].split("-")[0]) if header else 0
                 body = server.payload[start:]
                 if header and start >= len(server.payload):
@@ -143,6 +147,26 @@ def test_interrupted_download_resumes_with_a_range_request(server, tmp_path):
     assert len(list((tmp_path / CIFAR10_FOLDER).iterdir())) == 7
 
 
+def test_rerun_recovers_from_what_an_earlier_run_left(server, tmp_path):
+    archive, part = tmp_path / "cifar-10-binary.tar.gz", tmp_path / "cifar-10-binary.tar.gz.part"
+    # A whole .part (killed before the check): the server answers the Range request with 416.
+    part.write_bytes(server.payload)
+    result = fetch(tmp_path, server.url, server.md5)
+    assert result.returncode == 0, result.stderr
+    assert server.ranges == [f"bytes={len(server.payload)}-"] and archive.read_bytes() == server.payload
+
+    # A foreign file under the archive's name is replaced; a server without Range support restarts.
+    shutil.rmtree(tmp_path / CIFAR10_FOLDER)
+    archive.write_bytes(b"something else")
+    part.write_bytes(server.payload[:1000])
+    server.ignore_range = True
+    result = fetch(tmp_path, server.url, server.md5)
+    assert result.returncode == 0, result.stderr
+    assert "does not match MD5" in result.stdout and "resuming" not in result.stdout
+    assert archive.read_bytes() == server.payload and not part.exists()
+    assert len(list((tmp_path / CIFAR10_FOLDER).iterdir())) == 7
+
+
 def test_archive_without_a_batch_leaves_no_half_unpacked_folder(tmp_path):
     served = ArchiveServer(make_archive(drop="data_batch_4.bin"))
     try:
@@ -167,8 +191,6 @@ def test_imagenet_check_counts_and_names_every_problem(image_tree, tmp_path):
     assert ok.returncode == 0, ok.stderr
     assert f"{image_tree / 'train'}: 4 classes, 48 images (12 to 12 per class)" in ok.stdout
     assert "all class folders hold readable images" in ok.stdout
-
-    import shutil
 
     tree = tmp_path / "train"
     shutil.copytree(image_tree / "train", tree)

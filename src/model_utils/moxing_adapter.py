@@ -3,9 +3,13 @@
 With ``enable_modelarts=True`` an entry script's ``main`` (decorated with ``moxing_wrapper``) runs
 between two synchronisations:
 
-    before: data_url -> data_path, checkpoint_url -> load_path, train_url -> output_path,
-            then <data_path>/<modelarts_dataset_unzip_name>.zip unpacked when need_modelarts_dataset_unzip
+    before: data_url -> data_path, then <data_path>/<modelarts_dataset_unzip_name>.zip unpacked
+            into data_path when need_modelarts_dataset_unzip; checkpoint_url -> load_path;
+            train_url -> output_path (when it exists already)
     after:  output_path -> train_url (also when main fails)
+
+Relative ckpt_save_dir and file_name are placed under output_path by the config loader, so that
+checkpoints and exported models are uploaded.
 
 Only the first process of each server (device id % min(device count, 8) == 0) copies and unpacks;
 the others wait for its marker file, at most ``modelarts_sync_timeout`` seconds. ``moxing`` is

@@ -33,7 +33,8 @@ def main() -> None:
     dataset = create_dataset_from_config(config, training=False)
     net = create_model(config.num_classes, dropout_rate=config.dropout_rate)
     load_weights(net, config.checkpoint_path)
-    model = ms.Model(net, loss_fn=create_loss(config), metrics=create_eval_metrics(config.dataset_name))
+    model = ms.Model(net, loss_fn=create_loss(config),
+                     metrics=create_eval_metrics(config.dataset_name, config.num_classes))
 
     start = time.perf_counter()
     metrics, images = split_image_count(model.eval(dataset, dataset_sink_mode=False))

@@ -3,25 +3,31 @@
     python train.py --config_path=cifar10_config_cpu.yaml --train_data_path=/data/cifar-10-batches-bin
 
 Under a distributed launcher (scripts/run_*train*.sh, msrun, mpirun) every process trains one
-data-parallel rank; rank 0 writes the checkpoints.
+data-parallel rank; rank 0 writes the checkpoints, the metrics log and the curves.
+``--resume=auto`` continues the newest checkpoint in ckpt_save_dir; ``--pre_trained`` with another
+num_classes fine-tunes; ``--eval_interval=N`` evaluates every N epochs and keeps the best checkpoint.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import mindspore as ms
 
-from src.checkpoint import load_weights
+from src.callbacks import create_callbacks
+from src.checkpoint import load_pretrained
+from src.curves import draw_after_training
 from src.dataset import create_dataset_from_config
 from src.errors import UserError, run_main
+from src.finetune import freeze_backbone
 from src.googlenet import create_model
 from src.logger import logger, setup_logging
 from src.lr_scheduler import create_lr_schedule
+from src.metrics import create_eval_metrics
 from src.model_utils.config import load_config
 from src.model_utils.device_adapter import configure_device, get_rank_id
 from src.model_utils.moxing_adapter import moxing_wrapper
-from src.trainer import TrainMonitor, create_checkpoint_callback, create_train_model
+from src.rank_debug import dump_trainable_params
+from src.resume import find_resume_point, restore_training_state, run_files, skip_trained_epochs
+from src.trainer import checkpoint_prefix, create_train_model
 
 
 @moxing_wrapper
@@ -41,20 +47,35 @@ def main() -> None:
                         f"(batch_size={config.batch_size} on each of {ranks.rank_size} ranks)")
     logger.info("rank %d/%d: %d steps per epoch of %d images", ranks.rank_id, ranks.rank_size,
                 steps_per_epoch, config.batch_size)
+    resume = find_resume_point(config.resume, config.ckpt_save_dir, checkpoint_prefix(config.dataset_name))
 
     net = create_model(config.num_classes, dropout_rate=config.dropout_rate)
-    if config.pre_trained:
-        load_weights(net, config.pre_trained)
-        logger.info("initialised from %s", config.pre_trained)
-    model = create_train_model(config, net, create_lr_schedule(config, steps_per_epoch))
+    if config.pre_trained and resume is None:
+        load_pretrained(net, config.pre_trained)
+    if config.freeze_backbone:
+        freeze_backbone(net)
+    learning_rates = create_lr_schedule(config, steps_per_epoch)
+    evaluating = ranks.is_main and config.eval_interval > 0
+    eval_dataset = create_dataset_from_config(config, training=False) if evaluating else None
+    metrics = create_eval_metrics(config.dataset_name, config.num_classes) if evaluating else None
+    model = create_train_model(config, net, learning_rates, metrics=metrics)
 
-    callbacks = [TrainMonitor(config.log_interval, config.batch_size * ranks.rank_size)]
+    first_epoch = 0
+    if resume is not None:
+        first_epoch = restore_training_state(model.train_network, resume, steps_per_epoch, config.epoch_size)
+        skip_trained_epochs(dataset, first_epoch, steps_per_epoch, exact=config.resume_exact_data)
+    files = run_files(config.ckpt_save_dir, checkpoint_prefix(config.dataset_name), resume)
     if ranks.is_main:
-        Path(config.ckpt_save_dir).mkdir(parents=True, exist_ok=True)
-        config.save(Path(config.ckpt_save_dir) / "config.yaml")
-        callbacks.append(create_checkpoint_callback(config, steps_per_epoch))
-        logger.info("checkpoints go to %s", Path(config.ckpt_save_dir).resolve())
-    model.train(config.epoch_size, dataset, callbacks=callbacks, dataset_sink_mode=config.dataset_sink_mode)
+        files.directory.mkdir(parents=True, exist_ok=True)
+        config.save(files.directory / "config.yaml")
+    callbacks = create_callbacks(config, is_main=ranks.is_main, images_per_step=config.batch_size * ranks.rank_size,
+                                 learning_rates=learning_rates, files=files, first_epoch=first_epoch, model=model,
+                                 eval_dataset=eval_dataset)
+    model.train(config.epoch_size, dataset, callbacks=callbacks, dataset_sink_mode=config.dataset_sink_mode,
+                initial_epoch=first_epoch)
+    dump_trainable_params(net, ranks.rank_id)
+    if ranks.is_main:
+        draw_after_training(files.metrics, files.curves, title=files.prefix)
     print("train success", flush=True)
 
 

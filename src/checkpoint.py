@@ -1,13 +1,25 @@
-"""Reading checkpoints into the network, with errors that say what does not fit."""
+"""Reading and writing checkpoints, with errors that say what does not fit.
+
+Every checkpoint the package writes goes through ``save_checkpoint_file``; reading goes through
+``read_checkpoint``. Training checkpoints hold the whole training network (weights, BatchNorm
+statistics, optimizer moments and ``global_step``) plus ``epoch_num`` and ``step_num``.
+"""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import mindspore as ms
 import mindspore.nn as nn
 
 from src.errors import UserError
+from src.logger import logger
+
+# ``<prefix>-<epoch>_<step>.ckpt``: the periodic training checkpoints (not ``<prefix>-best.ckpt``).
+EPOCH_CHECKPOINT = re.compile(r"^(?P<prefix>.+)-(?P<epoch>\d+)_(?P<step>\d+)\.ckpt$")
+# Parameters of the classifier, which fine-tuning re-initialises when its shape differs.
+HEAD_PREFIX = "classifier."
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -23,6 +35,28 @@ def read_checkpoint(path: str | Path) -> dict:
                         "expected a complete MindSpore .ckpt file") from None
 
 
+def save_checkpoint_file(network: nn.Cell, path: str | Path, extra: dict | None = None) -> Path:
+    """Write the parameters of ``network`` (and ``extra`` scalars such as epoch_num) to ``path``."""
+    ms.save_checkpoint(network, str(path), append_dict=extra)
+    return Path(path)
+
+
+def _shape_problem(param: ms.Parameter, stored: dict) -> str | None:
+    """Why ``param`` cannot be loaded from ``stored``, or None when it can."""
+    if param.name not in stored:
+        return "missing"
+    shape = tuple(stored[param.name].shape)
+    if shape != tuple(param.shape):
+        return f"shape {shape} in the checkpoint, {tuple(param.shape)} in the network"
+    return None
+
+
+def _load(net: nn.Cell, stored: dict, path: str | Path) -> None:
+    not_loaded, _ = ms.load_param_into_net(net, stored, strict_load=True)
+    if not_loaded:
+        raise UserError(f"checkpoint {path}: could not load {', '.join(not_loaded[:3])}")
+
+
 def load_weights(net: nn.Cell, path: str | Path) -> None:
     """Load every parameter of ``net`` from the checkpoint at ``path``.
 
@@ -31,13 +65,38 @@ def load_weights(net: nn.Cell, path: str | Path) -> None:
     """
     stored = read_checkpoint(path)
     for param in net.get_parameters():
-        if param.name not in stored:
+        problem = _shape_problem(param, stored)
+        if problem == "missing":
             raise UserError(f"checkpoint {path} has no parameter '{param.name}'; "
                             "expected a checkpoint of this GoogleNet")
-        shape = tuple(stored[param.name].shape)
-        if shape != tuple(param.shape):
-            raise UserError(f"checkpoint {path}: parameter '{param.name}' has shape {shape}, the network "
-                            f"expects {tuple(param.shape)} (check num_classes)")
-    not_loaded, _ = ms.load_param_into_net(net, stored, strict_load=True)
-    if not_loaded:
-        raise UserError(f"checkpoint {path}: could not load {', '.join(not_loaded[:3])}")
+        if problem:
+            raise UserError(f"checkpoint {path}: parameter '{param.name}' has {problem} (check num_classes)")
+    _load(net, stored, path)
+
+
+def load_pretrained(net: nn.Cell, path: str | Path) -> list[str]:
+    """Initialise ``net`` from ``path`` for fine-tuning; returns the names that kept their initialisation.
+
+    Classifier parameters that are missing or have another shape (a checkpoint trained with
+    another num_classes) keep their fresh initialisation; every other parameter must load.
+    """
+    stored = read_checkpoint(path)
+    skipped: dict[str, str] = {}
+    for param in net.get_parameters():
+        problem = _shape_problem(param, stored)
+        if problem is None:
+            continue
+        if not param.name.startswith(HEAD_PREFIX):
+            raise UserError(f"checkpoint {path}: backbone parameter '{param.name}' is {problem}; "
+                            "expected a checkpoint of this GoogleNet (only the classifier may differ)")
+        skipped[param.name] = problem
+    # Exactly the network's names (MindSpore's non-strict loading would match moments.<name> too);
+    # skipped parameters load their own fresh values.
+    usable = {p.name: p.copy() if p.name in skipped else stored[p.name] for p in net.get_parameters()}
+    _load(net, usable, path)
+    loaded = sum(1 for _ in net.get_parameters()) - len(skipped)
+    logger.info("pre_trained %s: loaded %d parameters", path, loaded)
+    if skipped:
+        logger.info("pre_trained: skipped, re-initialised: %s",
+                    "; ".join(f"{name} ({problem})" for name, problem in skipped.items()))
+    return list(skipped)

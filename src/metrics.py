@@ -24,12 +24,15 @@ class ImageCount(Metric):
         return self.count
 
 
-def create_eval_metrics(dataset_name: str) -> dict[str, Metric]:
-    """CIFAR-10: acc (the model-zoo key); ImageNet: top_1_accuracy and top_5_accuracy."""
+def create_eval_metrics(dataset_name: str, num_classes: int = 1000) -> dict[str, Metric]:
+    """CIFAR-10: acc (the model-zoo key); ImageNet: top_1_accuracy and top_5_accuracy (top-5 only
+    with more than 5 classes, where it means something)."""
     if dataset_name == "cifar10":
         metrics = {"acc": Accuracy()}
     else:
-        metrics = {"top_1_accuracy": Top1CategoricalAccuracy(), "top_5_accuracy": Top5CategoricalAccuracy()}
+        metrics = {"top_1_accuracy": Top1CategoricalAccuracy()}
+        if num_classes > 5:
+            metrics["top_5_accuracy"] = Top5CategoricalAccuracy()
     metrics[IMAGE_COUNT] = ImageCount()
     return metrics
 
@@ -38,3 +41,8 @@ def split_image_count(results: dict) -> tuple[dict, int]:
     """Separate the image count from the accuracy metrics of ``Model.eval``."""
     metrics = {key: value for key, value in results.items() if key != IMAGE_COUNT}
     return metrics, int(results[IMAGE_COUNT])
+
+
+def primary_metric(dataset_name: str) -> str:
+    """The metric that decides which checkpoint is the best: acc (CIFAR-10) or top-1 accuracy."""
+    return "acc" if dataset_name == "cifar10" else "top_1_accuracy"

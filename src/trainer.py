@@ -7,9 +7,11 @@ import time
 import mindspore as ms
 import mindspore.nn as nn
 import numpy as np
-from mindspore.train import Callback, CheckpointConfig, DynamicLossScaleManager, FixedLossScaleManager, ModelCheckpoint
+from mindspore.train import Callback, DynamicLossScaleManager, FixedLossScaleManager
 
 from src.CrossEntropySmooth import create_loss
+from src.finetune import is_head_parameter
+from src.metrics_log import MetricsLog
 
 
 def checkpoint_prefix(dataset_name: str) -> str:
@@ -22,18 +24,30 @@ def _is_no_decay(param: ms.Parameter) -> bool:
     return param.name.endswith((".gamma", ".beta", ".bias"))
 
 
+def _parameter_groups(config, net: nn.Cell, learning_rate: np.ndarray) -> list[dict]:
+    """Optimizer groups: weight decay per no_decay_bn_bias, the backbone's LR scaled by backbone_lr_scale."""
+    groups: dict[tuple[bool, bool], list[ms.Parameter]] = {}
+    for param in net.trainable_params():
+        scaled = config.backbone_lr_scale != 1.0 and not is_head_parameter(param)
+        undecayed = config.no_decay_bn_bias and _is_no_decay(param)
+        groups.setdefault((scaled, undecayed), []).append(param)
+    result = []
+    for (scaled, undecayed), params in groups.items():
+        group = {"params": params, "weight_decay": 0.0 if undecayed else config.weight_decay}
+        if scaled:
+            group["lr"] = ms.Tensor(learning_rate * np.float32(config.backbone_lr_scale))
+        result.append(group)
+    return result + [{"order_params": net.trainable_params()}]
+
+
 def create_optimizer(config, net: nn.Cell, learning_rate: np.ndarray) -> nn.Optimizer:
-    """Momentum SGD with per-step learning rates; BN and bias parameters undecayed when asked."""
-    params = net.trainable_params()
+    """Momentum SGD with per-step learning rates; BN and bias parameters undecayed when asked, the
+    backbone at ``backbone_lr_scale`` times the classifier's learning rate."""
     loss_scale = 1.0 if config.is_dynamic_loss_scale else config.loss_scale
-    if config.no_decay_bn_bias:
-        groups = [
-            {"params": [p for p in params if not _is_no_decay(p)], "weight_decay": config.weight_decay},
-            {"params": [p for p in params if _is_no_decay(p)], "weight_decay": 0.0},
-            {"order_params": params},
-        ]
-        return nn.Momentum(groups, ms.Tensor(learning_rate), config.momentum, loss_scale=loss_scale)
-    return nn.Momentum(params, ms.Tensor(learning_rate), config.momentum,
+    if config.no_decay_bn_bias or config.backbone_lr_scale != 1.0:
+        return nn.Momentum(_parameter_groups(config, net, learning_rate), ms.Tensor(learning_rate),
+                           config.momentum, loss_scale=loss_scale)
+    return nn.Momentum(net.trainable_params(), ms.Tensor(learning_rate), config.momentum,
                        weight_decay=config.weight_decay, loss_scale=loss_scale)
 
 
@@ -44,46 +58,58 @@ def create_loss_scale_manager(config):
     return FixedLossScaleManager(config.loss_scale, drop_overflow_update=False)
 
 
-def create_train_model(config, net: nn.Cell, learning_rate: np.ndarray) -> ms.Model:
-    """The Model train.py runs: loss, optimiser, AMP level and loss scaling from the config."""
+def create_train_model(config, net: nn.Cell, learning_rate: np.ndarray, metrics: dict | None = None) -> ms.Model:
+    """The Model train.py runs: loss, optimiser, AMP level and loss scaling from the config;
+    ``metrics`` (for evaluation during training) builds its evaluation network too."""
     return ms.Model(net, loss_fn=create_loss(config), optimizer=create_optimizer(config, net, learning_rate),
-                    amp_level=config.amp_level, loss_scale_manager=create_loss_scale_manager(config))
+                    metrics=metrics, amp_level=config.amp_level,
+                    loss_scale_manager=create_loss_scale_manager(config))
 
 
-def create_checkpoint_callback(config, steps_per_epoch: int) -> ModelCheckpoint:
-    """Save ``train_googlenet_<dataset>-<epoch>_<step>.ckpt`` every save_checkpoint_epochs."""
-    policy = CheckpointConfig(save_checkpoint_steps=steps_per_epoch * config.save_checkpoint_epochs,
-                              keep_checkpoint_max=config.keep_checkpoint_max)
-    return ModelCheckpoint(prefix=checkpoint_prefix(config.dataset_name), directory=config.ckpt_save_dir,
-                           config=policy)
-
-
-def _loss_value(outputs) -> float:
+def _loss_tensor(outputs) -> ms.Tensor:
     """The loss from a train step's outputs (the loss-scale cell adds overflow flag and scale)."""
-    if isinstance(outputs, (tuple, list)):
-        outputs = outputs[0]
-    return float(np.mean(outputs.asnumpy()))
+    return outputs[0] if isinstance(outputs, (tuple, list)) else outputs
+
+
+def global_step(params) -> int:
+    """Steps since the start of training, also in a run resumed at a later epoch."""
+    return (params.cur_epoch_num - 1) * params.batch_num + (params.cur_step_num - 1) % params.batch_num + 1
 
 
 class TrainMonitor(Callback):
     """Model-zoo log lines: ``epoch: N step: M, loss is X`` every ``log_interval`` steps and at
-    each epoch end, then the epoch's time and throughput over all ranks."""
+    each epoch end, then the epoch's time and throughput over all ranks. With a ``metrics_log``,
+    the same numbers (and the learning rate) also go to that JSON-lines file."""
 
-    def __init__(self, log_interval: int, images_per_step: int) -> None:
+    def __init__(self, log_interval: int, images_per_step: int, learning_rates: np.ndarray | None = None,
+                 metrics_log: MetricsLog | None = None) -> None:
         super().__init__()
         self.log_interval = log_interval
         self.images_per_step = images_per_step
+        self.learning_rates = learning_rates
+        self.metrics_log = metrics_log
         self.epoch_start = 0.0
+        self.epoch_losses: list[ms.Tensor] = []
+
+    def _lr(self, step: int) -> float:
+        return float(self.learning_rates[min(step, len(self.learning_rates)) - 1]) if self.learning_rates is not None \
+            else float("nan")
 
     def on_train_epoch_begin(self, run_context) -> None:
         self.epoch_start = time.perf_counter()
+        self.epoch_losses = []
 
     def on_train_step_end(self, run_context) -> None:
         params = run_context.original_args()
+        loss_tensor = _loss_tensor(params.net_outputs)
+        self.epoch_losses.append(loss_tensor)
         step_in_epoch = (params.cur_step_num - 1) % params.batch_num + 1
         if step_in_epoch % self.log_interval == 0 or step_in_epoch == params.batch_num:
-            loss = _loss_value(params.net_outputs)
+            loss = float(np.mean(loss_tensor.asnumpy()))
             print(f"epoch: {params.cur_epoch_num} step: {step_in_epoch}, loss is {loss:.7g}", flush=True)
+            if self.metrics_log is not None:
+                step = global_step(params)
+                self.metrics_log.append("train", params.cur_epoch_num, step, loss=loss, lr=self._lr(step))
 
     def on_train_epoch_end(self, run_context) -> None:
         params = run_context.original_args()
@@ -91,3 +117,8 @@ class TrainMonitor(Callback):
         images = params.batch_num * self.images_per_step
         print(f"epoch: {params.cur_epoch_num} time: {seconds:.2f} s, per step time: "
               f"{1000 * seconds / params.batch_num:.1f} ms, {images / seconds:.1f} images/s", flush=True)
+        if self.metrics_log is not None:
+            step = global_step(params)
+            mean_loss = float(np.mean([np.mean(t.asnumpy()) for t in self.epoch_losses]))
+            self.metrics_log.append("epoch", params.cur_epoch_num, step, loss=mean_loss, lr=self._lr(step),
+                                    images_per_s=images / seconds, seconds=seconds)

@@ -77,6 +77,12 @@ SCHEMA: dict[str, Any] = {
     "save_checkpoint_epochs": int,
     "keep_checkpoint_max": int,
     "ckpt_save_dir": str,
+    # resume, fine-tuning, evaluation during training
+    "resume": str,
+    "resume_exact_data": bool,
+    "freeze_backbone": bool,
+    "backbone_lr_scale": float,
+    "eval_interval": int,
     # evaluation
     "checkpoint_path": str,
     # export
@@ -84,6 +90,11 @@ SCHEMA: dict[str, Any] = {
     "file_name": str,
     "file_format": str,
     "export_batch_size": int,
+    # prediction
+    "predict_images": list[str],
+    "predict_model": str,
+    "class_names_file": str,
+    "top_k": int,
 }
 
 # Allowed values that hold for every config; a file's third document may narrow them further.
@@ -119,17 +130,18 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
             "batch_size", "epoch_size", "image_height", "image_width",
             "num_parallel_workers", "lr_init", "T_max", "loss_scale", "log_interval",
             "save_checkpoint_epochs", "keep_checkpoint_max", "export_batch_size",
-            "modelarts_sync_timeout",
+            "modelarts_sync_timeout", "top_k",
         )
     },
     **{
         key: (_non_negative, "a value >= 0")
-        for key in ("eta_min", "warmup_epochs", "momentum", "weight_decay", "seed")
+        for key in ("eta_min", "warmup_epochs", "momentum", "weight_decay", "seed", "eval_interval")
     },
     "num_classes": (lambda v: v >= 2, "at least 2 classes"),
     "dropout_rate": (_unit_interval, "a value in [0, 1)"),
     "label_smooth_factor": (_unit_interval, "a value in [0, 1)"),
     "lr_gamma": (lambda v: 0 < v <= 1, "a value in (0, 1]"),
+    "backbone_lr_scale": (lambda v: 0 < v <= 1, "a value in (0, 1]: the backbone's share of the learning rate"),
     "lr_epochs": (_increasing_positive, "increasing positive epochs, e.g. 30,60,90"),
 }
 

@@ -25,7 +25,7 @@ find_mindspore() {
         if has_cpp_api "$candidate"; then echo "$candidate"; return; fi
     done
     for candidate in "$HERE"/../.deps/mindspore-lite-*; do
-        if has_cpp_api "$candidate"; then echo "$(cd "$candidate" && pwd)"; return; fi
+        if has_cpp_api "$candidate"; then (cd "$candidate" && pwd); return; fi
     done
 }
 

@@ -17,7 +17,7 @@ PYTHON=${PYTHON:-python3}
 usage="usage: bash scripts/run_infer_310.sh MODEL_PATH DATASET DATA_PATH [LABEL_FILE] [DEVICE_ID]"
 fail() { echo "error: $*" >&2; exit 1; }
 
-[ $# -ge 3 ] && [ $# -le 5 ] || fail "expected 3 to 5 arguments, got $#; $usage"
+if [ $# -lt 3 ] || [ $# -gt 5 ]; then fail "expected 3 to 5 arguments, got $#; $usage"; fi
 MODEL_PATH=$(realpath -m "$1")
 DATASET=$2
 DATA_PATH=$(realpath -m "$3")

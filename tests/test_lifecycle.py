@@ -286,19 +286,3 @@ def test_class_names_from_imagenet_json_index(tmp_path):
     assert read_class_names(index, 2) == ["tench", "goldfish"]
     (tmp_path / "plain.json").write_text(json.dumps(["cat", "dog"]))
     assert read_class_names(tmp_path / "plain.json", 2) == ["cat", "dog"]
-
-
-def test_predict_bad_inputs(trained_cifar, labelled_images, tmp_path):
-    folder, _ = labelled_images
-    model = f"--predict_model={trained_cifar.checkpoint}"
-    result = run_script("predict.py", *SMALL_CIFAR, model, f"--predict_images={tmp_path}/none.jpg", cwd=tmp_path)
-    assert_user_error(result, 1, f"{tmp_path}/none.jpg", "does not exist")
-    (tmp_path / "bad.jpg").write_bytes(b"not an image")
-    result = run_script("predict.py", *SMALL_CIFAR, model, f"--predict_images={tmp_path}/bad.jpg", cwd=tmp_path)
-    assert_user_error(result, 1, "bad.jpg", "cannot be decoded")
-    result = run_script("predict.py", *SMALL_CIFAR, model, f"--predict_images={folder}", "--top_k=11", cwd=tmp_path)
-    assert_user_error(result, 2, "top_k=11", "10 classes")
-    (tmp_path / "names.txt").write_text("a\nb\n")
-    result = run_script("predict.py", *SMALL_CIFAR, model, f"--predict_images={folder}",
-                        f"--class_names_file={tmp_path}/names.txt", cwd=tmp_path)
-    assert_user_error(result, 1, "names.txt", "2 names", "10 classes")

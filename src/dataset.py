@@ -19,6 +19,7 @@ import mindspore.dataset.vision as V
 import numpy as np
 
 from src.errors import UserError
+from src.rank_debug import record_samples
 
 CIFAR_IMAGE_SHAPE = (3, 32, 32)
 CIFAR_RECORD_BYTES = 1 + 3 * 32 * 32
@@ -176,6 +177,8 @@ def create_dataset(dataset_name: str, data_dir: str | Path, *, training: bool, b
     shard = {"num_shards": rank_size, "shard_id": rank_id} if rank_size > 1 else {}
     if dataset_name == "cifar10":
         source = CifarBinarySource(cifar10_files(data_dir, training), num_classes)
+        if training:
+            source = record_samples(source, rank_id)
         data = ds.GeneratorDataset(source, column_names=["image", "label"], shuffle=shuffle,
                                    python_multiprocessing=False, **shard)
     elif dataset_name == "imagenet":

@@ -48,9 +48,14 @@ def cap_cpu_kernels() -> None:
                 ONEDNN_ISA_VARIABLE, ONEDNN_ISA_DEFAULT, ONEDNN_ISA_VARIABLE)
 
 
+# msrun starts the training script in two roles: once per worker, and once more as the scheduler,
+# whose init() serves the cluster and then ends the process (it must never train on its own).
+MSRUN_ROLES = ("MS_WORKER", "MS_SCHED")
+
+
 def launched_distributed() -> bool:
-    """True when a launcher started this process as one of several: msrun, a rank table or mpirun."""
-    if os.environ.get("MS_ROLE") == "MS_WORKER":
+    """True when a launcher started this process as part of a job: msrun, a rank table or mpirun."""
+    if os.environ.get("MS_ROLE") in MSRUN_ROLES:
         return True
     if os.environ.get("RANK_TABLE_FILE") and get_device_num() > 1:
         return True

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# End-to-end demo on CPU: train -> eval -> export, on real CIFAR-10 binary data when a folder is
-# given, else on a generated synthetic dataset in the CIFAR-10 layout (not CIFAR-10).
+# End-to-end demo on CPU: train (evaluating every epoch, drawing the curves) -> eval -> export ->
+# predict, on real CIFAR-10 binary data when a folder is given, else on a generated synthetic
+# dataset in the CIFAR-10 layout (not CIFAR-10).
 #   bash scripts/run_demo.sh [CIFAR10_BATCHES_BIN_DIR] [OUTPUT_DIR]
 set -euo pipefail
 
@@ -21,7 +22,7 @@ if [ $# -ge 1 ]; then
   fi
   EPOCHS=${EPOCHS:-1}
 else
-  "$PYTHON" -m src.demo_data --dest "$OUT/data" --train 1000 --test 200 >/dev/null
+  "$PYTHON" -m src.demo_data --dest "$OUT/data" --train 1000 --test 200 --png 6 >/dev/null
   DATA="$OUT/data/cifar-10-batches-bin"
   echo "demo data: synthetic images in the CIFAR-10 binary layout (NOT CIFAR-10) at $DATA"
   EPOCHS=${EPOCHS:-3}
@@ -31,10 +32,17 @@ COMMON=(--config_path="$ROOT/cifar10_config_cpu.yaml" --image_height=32 --image_
         --lr_init=0.01 --epoch_size="$EPOCHS" --ckpt_save_dir="$OUT/ckpt")
 cd "$ROOT"
 echo "== train ($EPOCHS epochs at 32x32; log: $OUT/train.log)"
-"$PYTHON" train.py "${COMMON[@]}" --train_data_path="$DATA" 2>&1 | tee "$OUT/train.log" | grep -E "^(epoch|train success|\[INFO\])"
-CKPT=$(ls -t "$OUT"/ckpt/train_googlenet_cifar10-"$EPOCHS"_*.ckpt | head -n 1)
+"$PYTHON" train.py "${COMMON[@]}" --train_data_path="$DATA" --val_data_path="$DATA" --eval_interval=1 2>&1 \
+  | tee "$OUT/train.log" | grep -E "^(epoch|train success|\[INFO\]|\[WARNING\] matplotlib)"
+# A rerun into the same folder writes train_googlenet_cifar10_<n>-*: take the newest files.
+CKPT=$(ls -t "$OUT"/ckpt/train_googlenet_cifar10*-"$EPOCHS"_*.ckpt | head -n 1)
 echo "== eval $CKPT"
 "$PYTHON" eval.py "${COMMON[@]}" --val_data_path="$DATA" --checkpoint_path="$CKPT" 2>&1 | tee "$OUT/eval.log" | grep -E "^(accuracy|evaluated)"
 echo "== export MINDIR"
 "$PYTHON" export.py "${COMMON[@]}" --ckpt_file="$CKPT" --file_name="$OUT/googlenet" --file_format=MINDIR 2>&1 | tee "$OUT/export.log" | grep -E "^exported"
-echo "demo finished: outputs in $OUT"
+if [ -d "$OUT/data/images" ]; then
+  echo "== predict $OUT/data/images (top 3, from the MINDIR)"
+  "$PYTHON" predict.py "${COMMON[@]}" --predict_model="$OUT/googlenet.mindir" --predict_images="$OUT/data/images" \
+    --class_names_file="$DATA/batches.meta.txt" --top_k=3 2>&1 | tee "$OUT/predict.log" | grep -E "\.png: "
+fi
+echo "demo finished: outputs in $OUT (metrics log and curves: $OUT/ckpt/*-metrics.jsonl, *-curves.png)"

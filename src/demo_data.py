@@ -72,17 +72,34 @@ def write_image_folder(dest: str | Path, num_classes: int = 4, per_class: int = 
     return root
 
 
+def write_png_images(dest: str | Path, count: int = 6, num_classes: int = 10, seed: int = 0) -> Path:
+    """Write ``count`` 32x32 PNG files ``<n>_<class name>.png`` (inputs for predict.py)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    folder = Path(dest)
+    folder.mkdir(parents=True, exist_ok=True)
+    labels = np.arange(count) % num_classes
+    for index, (label, image) in enumerate(zip(labels, synthetic_images(labels, 32, rng), strict=True)):
+        Image.fromarray(image).save(folder / f"{index:03d}_{CLASS_NAMES[label % len(CLASS_NAMES)]}.png")
+    return folder
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dest", default="./demo_data", help="folder that receives cifar-10-batches-bin/")
     parser.add_argument("--train", type=int, default=1000, help="training images (split over 5 files)")
     parser.add_argument("--test", type=int, default=200, help="test images")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--png", type=int, default=0, help="also write this many PNG images to <dest>/images")
     args = parser.parse_args()
     if args.train < 5 or args.test < 1:
         parser.error("--train must be >= 5 and --test >= 1")
     folder = write_cifar10_layout(args.dest, args.train, args.test, seed=args.seed)
     print(f"wrote a synthetic dataset in the CIFAR-10 binary layout (not CIFAR-10): {folder}")
+    if args.png > 0:
+        images = write_png_images(Path(args.dest) / "images", args.png, seed=args.seed + 1)
+        print(f"wrote {args.png} PNG images: {images}")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import mindspore as ms
 import mindspore.dataset as ds
+import numpy as np
 from mindspore.train import Callback
 
 from src.checkpoint import read_checkpoint, save_checkpoint_file
@@ -87,7 +88,8 @@ class EpochEvaluator(Callback):
             return
         results, images = split_image_count(self.model.eval(self.dataset, dataset_sink_mode=False))
         value = float(results[self.metric])
-        improved = self.best is None or value > self.best.value
+        # The saved best score is float32: compare at that precision, so an equal score is no improvement.
+        improved = self.best is None or np.float32(value) > np.float32(self.best.value)
         if improved:
             self.best = BestScore(value, epoch)
             save_checkpoint_file(params.train_network, self.files.best,

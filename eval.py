@@ -21,6 +21,7 @@ from src.metrics import create_eval_metrics, split_image_count
 from src.model_utils.config import load_config
 from src.model_utils.device_adapter import configure_device
 from src.model_utils.moxing_adapter import moxing_wrapper
+from src.resources import batch_must_fit
 
 
 @moxing_wrapper
@@ -37,7 +38,8 @@ def main() -> None:
                      metrics=create_eval_metrics(config.dataset_name, config.num_classes))
 
     start = time.perf_counter()
-    metrics, images = split_image_count(model.eval(dataset, dataset_sink_mode=False))
+    with batch_must_fit(config.batch_size, (config.image_height, config.image_width), config.device_target):
+        metrics, images = split_image_count(model.eval(dataset, dataset_sink_mode=False))
     seconds = time.perf_counter() - start
     print(f"accuracy: {metrics}", flush=True)
     print(f"evaluated {images} images of {config.val_data_path} in {seconds:.2f} s "

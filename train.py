@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import mindspore as ms
 
+from src.atomic_io import prepare_output_folder
 from src.callbacks import create_callbacks
 from src.checkpoint import load_pretrained
 from src.curves import draw_after_training
@@ -26,6 +27,7 @@ from src.model_utils.config import load_config
 from src.model_utils.device_adapter import configure_device, get_rank_id
 from src.model_utils.moxing_adapter import moxing_wrapper
 from src.rank_debug import dump_trainable_params
+from src.resources import batch_must_fit
 from src.resume import find_resume_point, restore_training_state, run_files, skip_trained_epochs
 from src.trainer import checkpoint_prefix, create_train_model
 
@@ -66,13 +68,14 @@ def main() -> None:
         skip_trained_epochs(dataset, first_epoch, steps_per_epoch, exact=config.resume_exact_data)
     files = run_files(config.ckpt_save_dir, checkpoint_prefix(config.dataset_name), resume)
     if ranks.is_main:
-        files.directory.mkdir(parents=True, exist_ok=True)
+        prepare_output_folder(files.directory, "ckpt_save_dir")
         config.save(files.directory / "config.yaml")
     callbacks = create_callbacks(config, is_main=ranks.is_main, images_per_step=config.batch_size * ranks.rank_size,
                                  learning_rates=learning_rates, files=files, first_epoch=first_epoch, model=model,
                                  eval_dataset=eval_dataset)
-    model.train(config.epoch_size, dataset, callbacks=callbacks, dataset_sink_mode=config.dataset_sink_mode,
-                initial_epoch=first_epoch)
+    with batch_must_fit(config.batch_size, (config.image_height, config.image_width), config.device_target):
+        model.train(config.epoch_size, dataset, callbacks=callbacks, dataset_sink_mode=config.dataset_sink_mode,
+                    initial_epoch=first_epoch)
     dump_trainable_params(net, ranks.rank_id)
     if ranks.is_main:
         draw_after_training(files.metrics, files.curves, title=files.prefix)

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from src.errors import UserError
+from src.logger import logger
 
 PARTIAL_MARK = ".partial"
 _DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
@@ -133,3 +134,11 @@ def remove_partial_files(folder: str | Path) -> list[Path]:
     leftovers = [path for path in folder.iterdir() if is_partial(path)]
     _remove_quietly(*leftovers)
     return leftovers
+
+
+def prepare_output_folder(path: str | Path, key: str) -> Path:
+    """``ensure_folder``, then clear what a killed run left half-written there (with a warning)."""
+    folder = ensure_folder(path, key)
+    for leftover in remove_partial_files(folder):
+        logger.warning("removed %s: an incomplete file left by an interrupted run", leftover)
+    return folder

@@ -13,6 +13,7 @@ from pathlib import Path
 import mindspore as ms
 import mindspore.nn as nn
 
+from src.atomic_io import atomic_output
 from src.errors import UserError
 from src.logger import logger
 
@@ -36,8 +37,13 @@ def read_checkpoint(path: str | Path) -> dict:
 
 
 def save_checkpoint_file(network: nn.Cell, path: str | Path, extra: dict | None = None) -> Path:
-    """Write the parameters of ``network`` (and ``extra`` scalars such as epoch_num) to ``path``."""
-    ms.save_checkpoint(network, str(path), append_dict=extra)
+    """Write the parameters of ``network`` (and ``extra`` scalars such as epoch_num) to ``path``.
+
+    The file is complete under ``path`` or not there: it is written under a temporary name and
+    renamed when done, so a crash never leaves a truncated checkpoint (see src/atomic_io.py).
+    """
+    with atomic_output(path) as partial:
+        ms.save_checkpoint(network, str(partial), append_dict=extra)
     return Path(path)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from src.atomic_io import atomic_output
 from src.errors import UserError, run_main
 from src.logger import logger
 from src.metrics_log import read_metrics
@@ -57,7 +58,8 @@ def draw_curves(records: list[dict], output: str | Path, title: str = "") -> Pat
         figure.suptitle(title)
     figure.tight_layout()
     output = Path(output)
-    figure.savefig(output, dpi=90)
+    with atomic_output(output) as partial:
+        figure.savefig(partial, dpi=90)
     plt.close(figure)
     return output
 

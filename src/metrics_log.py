@@ -15,6 +15,7 @@ import json
 import math
 from pathlib import Path
 
+from src.atomic_io import atomic_write_text
 from src.errors import UserError
 
 
@@ -28,8 +29,7 @@ class MetricsLog:
         """A fresh run empties the file; a run resumed after ``resumed_epoch`` keeps the records up
         to that epoch and drops those of the interrupted epochs after it."""
         kept = [r for r in read_metrics(self.path) if r["epoch"] <= resumed_epoch] if resumed_epoch else []
-        with open(self.path, "w", encoding="utf-8") as handle:
-            handle.writelines(_line(record) for record in kept)
+        atomic_write_text(self.path, "".join(_line(record) for record in kept))
 
     def append(self, kind: str, epoch: int, step: int, **values: float) -> None:
         record = {"kind": kind, "epoch": epoch, "step": step, **values}

@@ -65,14 +65,6 @@ class Inputs:
         """A real JPEG (from the generated class-folder tree)."""
         return sorted((self.images / "val").rglob("*.JPEG"))[0]
 
-    def imagenet_with_broken_image(self) -> Path:
-        """A copy of the ImageNet-layout training tree with one file that is not an image."""
-        tree = self.work / "tree"
-        shutil.copytree(self.images / "train", tree)
-        first_class = sorted(p for p in tree.iterdir() if p.is_dir())[0]
-        (first_class / "broken.JPEG").write_bytes(b"not a JPEG")
-        return tree
-
     def truncated_checkpoint(self, name: str = "truncated.ckpt") -> Path:
         data = self.checkpoint.read_bytes()
         return self.file(name, data[: len(data) // 3])
@@ -86,8 +78,6 @@ class Case:
     code: int
     fragments: tuple[str, ...]          # all must appear in the error line; "{work}" is the case folder
     needs: tuple[str, ...] = field(default_factory=tuple)   # "onnx", "infer_app"
-    # Complete files a run may leave when the fault shows only after it started (never a model or checkpoint).
-    may_leave: tuple[str, ...] = field(default_factory=tuple)
 
 
 def _cifar_train(*extra: str) -> Callable[[Inputs], list[str]]:
@@ -120,12 +110,6 @@ CASES = [
     Case("train-imagenet-flat-folder", "train.py",
          lambda i: [*SMALL_IMAGENET, f"--train_data_path={i.file('flat/a.JPEG', b'x').parent}", "--epoch_size=1"],
          1, ("{work}/flat", "no class sub-folders", "<class>/<image>.JPEG")),
-    Case("train-imagenet-corrupt-jpeg", "train.py",
-         lambda i: [*SMALL_IMAGENET, "--epoch_size=1", f"--train_data_path={i.imagenet_with_broken_image()}"],
-         1, ("broken.JPEG", "not a readable image"),
-         # The pipeline reaches the bad file only once training runs: its config and log are written by then.
-         may_leave=("ckpt", "ckpt/config.yaml", "ckpt/train_googlenet_imagenet-metrics.jsonl")),
-    # ---- train.py: checkpoints
     Case("train-pretrained-missing", "train.py", _cifar_train("--pre_trained=/nonexistent/g.ckpt"),
          1, ("/nonexistent/g.ckpt", "does not exist", ".ckpt")),
     Case("train-pretrained-truncated", "train.py",
@@ -151,9 +135,6 @@ CASES = [
     Case("export-unknown-format", "export.py",
          lambda i: [f"--config_path={CPU_CONFIG}", f"--ckpt_file={i.checkpoint}", "--file_format=PDF"],
          2, ("file_format=PDF", "expected one of: MINDIR, ONNX, AIR")),
-    Case("export-air-on-cpu", "export.py",
-         lambda i: [f"--config_path={CPU_CONFIG}", f"--ckpt_file={i.checkpoint}", "--file_format=AIR"],
-         2, ("file_format=AIR", "device_target=Ascend")),
     Case("export-device-missing", "export.py",
          lambda i: [f"--config_path={CPU_CONFIG}", f"--ckpt_file={i.checkpoint}", "--device_target=Ascend"],
          1, ("device_target=Ascend", "not available", "CPU")),
@@ -213,10 +194,6 @@ CASES = [
          lambda i: [*SMALL_CIFAR, f"--predict_model={i.checkpoint}", f"--predict_images={i.image()}",
                     f"--class_names_file={i.file('names.txt', THREE_CLASS_NAMES)}"],
          1, ("names.txt", "has 3 names", "10 classes")),
-    Case("predict-top-k-too-large", "predict.py",
-         lambda i: [*SMALL_CIFAR, f"--predict_model={i.checkpoint}", f"--predict_images={i.image()}", "--top_k=11"],
-         2, ("top_k=11", "10 classes")),
-    # ---- shell launchers
     Case("train-script-unknown-dataset", "scripts/run_train_cpu.sh", lambda i: ["mnist"],
          2, ("dataset 'mnist'", "expected cifar10 or imagenet")),
     Case("distribute-script-zero-workers", "scripts/run_distribute_train_cpu.sh", lambda i: ["0"],
@@ -333,7 +310,7 @@ def test_bad_input_is_one_clear_line(case: Case, request, tmp_path, cifar_dir, i
     assert len(errors) == 1, result.stderr[-3000:]
     for fragment in case.fragments:
         assert fragment.replace("{work}", str(work)) in errors[0], errors[0]
-    left_behind = _files_under(work) - before - set(case.may_leave)
+    left_behind = _files_under(work) - before
     assert not left_behind, f"partial outputs left behind: {sorted(left_behind)}"
 
 

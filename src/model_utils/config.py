@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from src.atomic_io import atomic_write_text
 from src.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -168,8 +169,7 @@ class Config:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the resolved values as a YAML file that ``load_config`` reads back."""
-        with open(path, "w", encoding="utf-8") as handle:
-            yaml.safe_dump(self.to_dict(), handle, sort_keys=False)
+        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
 def _format(value: Any) -> str:

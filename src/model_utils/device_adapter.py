@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from src.errors import UserError
@@ -53,6 +54,17 @@ def cap_cpu_kernels() -> None:
 MSRUN_ROLES = ("MS_WORKER", "MS_SCHED")
 
 
+# Set by the msrun launchers in scripts/: this machine's index in a multi-machine job.
+NODE_RANK_VARIABLE = "GOOGLENET_NODE_RANK"
+
+
+def is_redundant_scheduler() -> bool:
+    """msrun starts a scheduler on every machine that has the master address, so a second node
+    started on the master's host (NODE_RANK > 0) gets one too; node 0's is the job's."""
+    node_rank = os.environ.get(NODE_RANK_VARIABLE, "0")
+    return os.environ.get("MS_ROLE") == "MS_SCHED" and node_rank.isdigit() and int(node_rank) > 0
+
+
 def launched_distributed() -> bool:
     """True when a launcher started this process as part of a job: msrun, a rank table or mpirun."""
     if os.environ.get("MS_ROLE") in MSRUN_ROLES:
@@ -81,6 +93,20 @@ def _set_device(device_target: str) -> None:
                         "--device_target=CPU") from None
 
 
+def _join_cluster(init: Callable[[], None]) -> None:
+    """Run the communication ``init``; a job whose processes did not all start is a UserError."""
+    try:
+        init()
+    except RuntimeError as err:
+        if "not successfully spawned" not in str(err):
+            raise
+        timeout = os.environ.get("MS_TOPO_TIMEOUT")
+        within = f"within {timeout} s" if timeout else "within the cluster timeout"
+        raise UserError(f"distributed job: not every process of the job joined {within} (workers "
+                        f"expected: {os.environ.get('MS_WORKER_NUM', '?')}); a worker could not start or a node "
+                        "never ran the launcher: check every worker's log and MASTER_ADDR/MASTER_PORT") from None
+
+
 def configure_device(config, distributed: bool = False) -> Ranks:
     """Set the MindSpore context for ``config.device_target`` (graph mode).
 
@@ -96,9 +122,12 @@ def configure_device(config, distributed: bool = False) -> Ranks:
     if not (distributed and launched_distributed()):
         return Ranks()
 
+    if is_redundant_scheduler():
+        logger.info("node %s: the job's scheduler runs on node 0; this one exits", os.environ[NODE_RANK_VARIABLE])
+        raise SystemExit(0)
     from mindspore.communication import get_group_size, get_rank, init
 
-    init()
+    _join_cluster(init)
     ranks = Ranks(rank_id=get_rank(), rank_size=get_group_size())
     ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
                                  device_num=ranks.rank_size)

@@ -15,7 +15,7 @@ import json
 import math
 from pathlib import Path
 
-from src.atomic_io import atomic_write_text
+from src.atomic_io import atomic_write_text, disk_full_error
 from src.errors import UserError
 
 
@@ -33,8 +33,14 @@ class MetricsLog:
 
     def append(self, kind: str, epoch: int, step: int, **values: float) -> None:
         record = {"kind": kind, "epoch": epoch, "step": step, **values}
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(_line(record))
+        try:
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(_line(record))
+        except OSError as err:
+            full = disk_full_error(err, self.path)
+            if full is None:
+                raise
+            raise full from None
 
 
 def _line(record: dict) -> str:

@@ -185,6 +185,20 @@ stop_children() {
   wait "$@" 2>/dev/null || true
 }
 
+# first_worker_error LOG...: "; <log> says: <message>" for the first log holding a train.py
+# `error:` line (a worker that could not start or stopped on a user error), else nothing.
+first_worker_error() {
+  local log line
+  for log in "$@"; do
+    [ -f "$log" ] || continue
+    line=$(grep -a -m1 '^error: ' "$log" || true)
+    if [ -n "$line" ]; then
+      printf '; %s says: %s' "$(basename "$(dirname "$log")")/$(basename "$log")" "${line#error: }"
+      return
+    fi
+  done
+}
+
 # run_logged LOG COMMAND...: run one process, its output to the terminal and LOG; its exit status.
 run_logged() {
   local log=$1

@@ -38,6 +38,8 @@ if run_msrun "$WORKER_NUM" "$OUT/logs" "$ROOT/train.py" "${CONFIG[@]}" --ckpt_sa
   "${PASSTHROUGH[@]}"; then
   echo "train success; logs: $OUT/logs"
 else
-  echo "error: distributed training failed (msrun exit $?); see $OUT/logs/worker_<rank>.log and scheduler.log" >&2
+  STATUS=$?
+  echo "error: distributed training failed (msrun exit $STATUS)$(first_worker_error "$OUT"/logs/worker_*.log);" \
+    "see $OUT/logs/worker_<rank>.log and scheduler.log" >&2
   exit "$EXIT_FAILED"
 fi

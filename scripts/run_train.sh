@@ -61,6 +61,8 @@ echo "checkpoints: $OUT/train_parallel0/ckpt (written by rank 0); waiting for th
 if wait_for_children "${PIDS[@]}"; then
   echo "train success; logs: $OUT/train_parallel<i>/train.log"
 else
-  echo "error: training failed (exit $?); see $OUT/train_parallel<i>/train.log" >&2
+  STATUS=$?
+  echo "error: training failed (exit $STATUS)$(first_worker_error "$OUT"/train_parallel*/train.log);" \
+    "see $OUT/train_parallel<i>/train.log" >&2
   exit "$EXIT_FAILED"
 fi

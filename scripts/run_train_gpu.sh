@@ -61,7 +61,8 @@ else
   if run_msrun "$WORKER_NUM" "$OUT/logs" "${TRAIN[@]}"; then STATUS=0; else STATUS=$?; fi
 fi
 if [ "$STATUS" -ne 0 ]; then
-  echo "error: distributed training failed ($LAUNCHER exit $STATUS); see the logs in $OUT/logs" >&2
+  echo "error: distributed training failed ($LAUNCHER exit $STATUS)$(first_worker_error "$OUT"/logs/worker_*.log);" \
+    "see the logs in $OUT/logs" >&2
   exit "$EXIT_FAILED"
 fi
 echo "train success; logs: $OUT/logs"

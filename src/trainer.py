@@ -92,8 +92,10 @@ class TrainMonitor(Callback):
         self.epoch_losses: list[ms.Tensor] = []
 
     def _lr(self, step: int) -> float:
-        return float(self.learning_rates[min(step, len(self.learning_rates)) - 1]) if self.learning_rates is not None \
-            else float("nan")
+        """The learning rate of global step ``step`` (1-based)."""
+        if self.learning_rates is None:
+            return float("nan")
+        return float(self.learning_rates[min(step, len(self.learning_rates)) - 1])
 
     def on_train_epoch_begin(self, run_context) -> None:
         self.epoch_start = time.perf_counter()

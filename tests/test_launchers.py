@@ -36,10 +36,18 @@ STANDIN = textwrap.dedent('''\
         sys.exit(int(os.environ.get("STANDIN_NO_MINDSPORE", "0")))
     record = {{"tool": name, "argv": args, "cwd": os.getcwd(), "env": dict(os.environ)}}
     path = os.path.join(os.environ["STANDIN_RECORDS"], f"{{name}}-{{os.getpid()}}.json")
-    with open(path, "w") as out:
+    with open(path + ".tmp", "w") as out:
         json.dump(record, out)
+    os.replace(path + ".tmp", path)
     if name == "taskset":                     # taskset -c RANGE COMMAND...
         os.execvp(args[2], args[2:])
+    if name == "msrun" and os.environ.get("STANDIN_SLEEP"):  # a long job; SIGINT is how it is stopped
+        import signal
+        def stop(*_):
+            open(os.path.join(os.environ["STANDIN_RECORDS"], "msrun-got-SIGINT"), "w").close()
+            sys.exit(1)
+        signal.signal(signal.SIGINT, stop)
+        time.sleep(float(os.environ["STANDIN_SLEEP"]))
     if name == "msrun":                       # msrun --opt=... SCRIPT ARGS: starts `python` from PATH
         task = [a for a in args if not a.startswith("--")][:1]
         start = args.index(task[0])
@@ -224,6 +232,19 @@ def test_gpu_argument_errors(standins):
         assert_usage(launch("run_train_gpu.sh", "2", "0,1", standins=standins, LAUNCHER="mpirun"), 4,
                      "mpirun is not installed")
     assert records(standins, "python") == [] and records(standins, "msrun") == []
+
+
+def test_interrupted_launcher_stops_msrun_and_exits_130(standins):
+    process = subprocess.Popen(["bash", str(SCRIPTS / "run_distribute_train_cpu.sh"), "2"], cwd=standins["cwd"],
+                               env={**standins["env"], "STANDIN_SLEEP": "60"}, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 30
+    while not records(standins, "msrun"):
+        assert time.monotonic() < deadline and process.poll() is None
+        time.sleep(0.1)
+    process.terminate()
+    assert process.wait(timeout=15) == 130
+    assert (standins["records"] / "msrun-got-SIGINT").is_file()  # msrun then kills its workers
 
 
 # ---- CPU launchers and evaluation ---------------------------------------------------------------

@@ -28,6 +28,9 @@ def read_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not str(path) or not path.is_file():
         raise UserError(f"checkpoint {path} does not exist; give the path of a .ckpt file")
+    if path.stat().st_size == 0:
+        raise UserError(f"checkpoint {path} cannot be read (the file is empty, 0 bytes); "
+                        "expected a complete MindSpore .ckpt file")
     try:
         return ms.load_checkpoint(str(path))
     except (ValueError, RuntimeError, OSError, TypeError) as err:

@@ -124,7 +124,7 @@ CASES = [
          1, ("none.ckpt", "does not exist")),
     Case("eval-checkpoint-empty", "eval.py",
          lambda i: [*SMALL_CIFAR, f"--val_data_path={i.cifar}", f"--checkpoint_path={i.file('empty.ckpt')}"],
-         1, ("empty.ckpt", "cannot be read")),
+         1, ("empty.ckpt", "cannot be read", "0 bytes")),
     Case("eval-checkpoint-other-network", "eval.py",
          lambda i: [*SMALL_CIFAR, f"--val_data_path={i.cifar}", f"--checkpoint_path={_other_network_checkpoint(i)}"],
          1, ("other_net.ckpt", "has no parameter", "this GoogleNet")),
@@ -322,3 +322,9 @@ def test_corpus_covers_every_entry_point():
     assert len(CASES) >= 25
     assert not entry_points - commands, f"entry scripts without bad-input cases: {entry_points - commands}"
     assert scripts - commands != scripts, "no shell launcher has a bad-input case"
+
+
+def test_readme_troubleshooting_lists_every_case():
+    section = (REPO / "README.md").read_text(encoding="utf-8").split("### Troubleshooting", 1)[-1]
+    missing = [case.id for case in CASES if f"| `{case.id}` |" not in section]
+    assert not missing, f"README.md, section Troubleshooting, lacks: {missing}"

@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -249,7 +250,7 @@ def _results(inputs: Inputs, logits_bytes: int | None) -> Path:
 
 
 def _present(case: Case) -> str | None:
-    """Why the case cannot run yet (its entry point is not in the repository), or None."""
+    """Why the case cannot run (its entry point is not in the repository), or None."""
     if case.command != "infer_app" and not (REPO / case.command).is_file():
         return f"{case.command} is not in the repository"
     return None
@@ -283,34 +284,76 @@ def _files_under(folder: Path) -> set[str]:
     return {str(path.relative_to(folder)) for path in folder.rglob("*")}
 
 
-@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
-def test_bad_input_is_one_clear_line(case: Case, request, tmp_path, cifar_dir, image_tree, trained_cifar):
-    missing = _present(case)
-    if missing:
-        pytest.skip(missing)
-    work = tmp_path / "work"
-    work.mkdir()
-    inputs = Inputs(work=work, cifar=cifar_dir, images=image_tree, checkpoint=trained_cifar.checkpoint)
-    if "infer_app" in case.needs:
-        request.getfixturevalue("infer_app")
-    if "onnx" in case.needs:
-        inputs.onnx = request.getfixturevalue("onnx_model")
-    args = case.args(inputs)
-    before = _files_under(work)
+@dataclass
+class Run:
+    """One case's run: its working folder, what was in it before, and the finished process."""
 
+    work: Path
+    before: set[str]
+    result: subprocess.CompletedProcess | None = None
+    skip: str | None = None
+
+
+# Each run is mostly interpreter and MindSpore start-up, so a few run side by side.
+PARALLEL_RUNS = 3
+FIXTURE_OF_NEED = {"infer_app": "infer_app", "onnx": "onnx_model"}
+
+
+def _execute(case: Case, run: Run, args: list[str]) -> Run:
     if case.command == "infer_app":
-        result = subprocess.run([str(INFER_APP), *args], cwd=work, capture_output=True, text=True, timeout=300)
+        run.result = subprocess.run([str(INFER_APP), *args], cwd=run.work, capture_output=True, text=True,
+                                    timeout=300)
     else:
-        result = run_script(case.command, *args, cwd=work, timeout=600)
+        run.result = run_script(case.command, *args, cwd=run.work, timeout=600)
+    return run
 
+
+@pytest.fixture(scope="module")
+def corpus_runs(request, tmp_path_factory, cifar_dir, image_tree, trained_cifar) -> dict[str, Run]:
+    """The selected cases, each run once in its own folder (inputs prepared here, runs in parallel)."""
+    selected = {item.callspec.params["case"].id for item in request.session.items
+                if getattr(item, "originalname", "") == "test_bad_input_is_one_clear_line"}
+    fixtures: dict[str, object] = {}
+    unavailable: dict[str, str] = {}
+    for need in {need for case in CASES if case.id in selected for need in case.needs}:
+        try:
+            fixtures[need] = request.getfixturevalue(FIXTURE_OF_NEED[need])
+        except pytest.skip.Exception as skip:
+            unavailable[need] = str(skip)
+    runs: dict[str, Run] = {}
+    with ThreadPoolExecutor(PARALLEL_RUNS) as pool:
+        pending = []
+        for case in (case for case in CASES if case.id in selected):
+            work = tmp_path_factory.mktemp(case.id) / "work"
+            work.mkdir()
+            reason = _present(case) or next((unavailable[need] for need in case.needs if need in unavailable), None)
+            if reason:
+                runs[case.id] = Run(work, set(), skip=reason)
+                continue
+            inputs = Inputs(work=work, cifar=cifar_dir, images=image_tree, checkpoint=trained_cifar.checkpoint,
+                            onnx=fixtures.get("onnx"))
+            args = case.args(inputs)
+            run = runs[case.id] = Run(work, _files_under(work))
+            pending.append(pool.submit(_execute, case, run, args))
+        for future in pending:
+            future.result()
+    return runs
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+def test_bad_input_is_one_clear_line(case: Case, corpus_runs):
+    run = corpus_runs[case.id]
+    if run.skip:
+        pytest.skip(run.skip)
+    result = run.result
     output = result.stdout + result.stderr
     assert result.returncode == case.code, (result.returncode, output[-3000:])
     assert "Traceback" not in output, output[-3000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, result.stderr[-3000:]
     for fragment in case.fragments:
-        assert fragment.replace("{work}", str(work)) in errors[0], errors[0]
-    left_behind = _files_under(work) - before
+        assert fragment.replace("{work}", str(run.work)) in errors[0], errors[0]
+    left_behind = _files_under(run.work) - run.before
     assert not left_behind, f"partial outputs left behind: {sorted(left_behind)}"
 
 

@@ -1,0 +1,361 @@
+"""Side-by-side speed of our GoogleNet: training and inference images/s, the input pipelines, and
+(when PyTorch is installed) the same network in PyTorch, measured in one run.
+
+    python benchmark.py                                   # 224 and 32 input, batch 32, table + JSON
+    python benchmark.py --engine mindspore --engine "mindspore jit_level=O1" --engine torch
+    python benchmark.py --short                           # seconds-long smoke run (CI)
+
+Every engine lives in its own worker process and only one works at a time. After compiling and
+warming up, the engines take turns case by case for ``--rounds`` rounds (the order alternates
+each round), each turn timing ``--steps`` steps; a round's images/s is batch x steps / seconds
+and the table shows the median over rounds with the ratio to the PyTorch peer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import multiprocessing
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from src.bench.engines import MODEL_TASKS, PIPELINE_TASKS, TRAIN_PY_TASK, Case, serve
+from src.errors import ConfigError, UserError, run_main
+
+REPO = Path(__file__).resolve().parent
+DEFAULT_CONFIG = REPO / "cifar10_config_cpu.yaml"
+PEER = "torch"
+# ImageNet JPEGs average about 500x375 pixels; square images of the same area decode alike.
+IMAGENET_LIKE_SIZE = 432
+
+
+@dataclass
+class Engine:
+    """One worker process: ``kind`` in {mindspore, torch, pipeline} with its options."""
+
+    label: str
+    kind: str
+    options: dict
+    status: str = "not started"
+    process: multiprocessing.Process | None = None
+    connection: object = None
+    compile_s: dict = field(default_factory=dict)
+
+    def request(self, *message):
+        self.connection.send(message)
+        state, value = self.connection.recv()
+        if state != "ok":
+            raise RuntimeError(value)
+        return value
+
+
+def parse_engine(spec: str, config: Path) -> Engine:
+    """``"mindspore threads=2 jit_level=O1"`` -> Engine(kind mindspore, options {...})."""
+    kind, *pairs = spec.split()
+    if kind not in ("mindspore", PEER):
+        raise ConfigError(f"--engine '{spec}': unknown engine '{kind}'; expected mindspore or {PEER}")
+    # The oneDNN ISA cap works around MindSpore's kernel choice; the peer runs as PyTorch ships unless isa= is given.
+    options = {"config": str(config)} if kind == "mindspore" else {"isa": "default"}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--engine '{spec}': option '{pair}' is not key=value")
+        options[key] = value
+    return Engine(label=spec, kind=kind, options=options)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="224,32", help="input sizes (square), comma-separated")
+    parser.add_argument("--batch", type=int, default=32, help="images per step")
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds per case and engine")
+    parser.add_argument("--steps", type=int, default=3, help="steps per round")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
+    parser.add_argument("--tasks", default="train,infer,train.py",
+                        help="train: a training step; infer: inference; train.py: Model.train over the CIFAR pipeline")
+    parser.add_argument("--engine", action="append", dest="engines", metavar="SPEC",
+                        help="'mindspore [threads=N] [jit_level=O0|O1|O2] [key=value ...]' or "
+                             f"'{PEER} [threads=N] [isa=AVX2|default]'; repeatable. Default: mindspore, "
+                             f"and {PEER} when it is installed")
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="config the MindSpore engines use")
+    parser.add_argument("--pipeline", default="cifar10,imagenet",
+                        help="input pipelines to time alone ('' = none)")
+    parser.add_argument("--pipeline_size", type=int, default=None,
+                        help="image size of the pipelines (default: the config's image_height)")
+    parser.add_argument("--json", type=Path, default=Path("benchmark.json"), help="where to write the results")
+    parser.add_argument("--short", action="store_true",
+                        help="smoke run: 32x32, batch 4, one round of one step, small data")
+    return parser
+
+
+SHORT_DEFAULTS = {"sizes": "32", "batch": 4, "rounds": 1, "steps": 1, "warmup": 1}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Options; ``--short`` changes the defaults only, so explicit options still win."""
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    if args.short:
+        parser.set_defaults(**SHORT_DEFAULTS)
+        args = parser.parse_args(argv)
+    return args
+
+
+def check_args(args: argparse.Namespace) -> None:
+    for name in ("batch", "rounds", "steps"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name}={getattr(args, name)} is invalid; expected an integer >= 1")
+    if args.warmup < 0:
+        raise ConfigError(f"--warmup={args.warmup} is invalid; expected an integer >= 0")
+    if not args.config.is_file():
+        raise ConfigError(f"--config={args.config}: no such file")
+    unknown = [task for task in split_list(args.tasks) if task not in (*MODEL_TASKS, TRAIN_PY_TASK)]
+    if unknown:
+        raise ConfigError(f"--tasks: unknown task '{unknown[0]}'; expected train, infer or train.py")
+    unknown = [name for name in split_list(args.pipeline) if name not in PIPELINE_TASKS]
+    if unknown:
+        raise ConfigError(f"--pipeline: unknown pipeline '{unknown[0]}'; expected cifar10 or imagenet")
+
+
+def split_list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def parse_sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(item) for item in split_list(text)]
+    except ValueError:
+        raise ConfigError(f"--sizes={text!r} is invalid; expected comma-separated integers such as 224,32") from None
+    if not sizes or min(sizes) < 32:
+        raise ConfigError(f"--sizes={text!r} is invalid; expected sizes >= 32 (the network downsamples 32x)")
+    return sizes
+
+
+def write_data(root: Path, short: bool, needs: set[str]) -> dict[str, str]:
+    """Generated files in the real formats for the pipelines and train.py cases."""
+    from src.demo_data import write_cifar10_layout, write_image_folder
+
+    folders = {}
+    if "cifar10" in needs:
+        folders["cifar10"] = str(write_cifar10_layout(root / "cifar", num_train=160 if short else 2560,
+                                                      num_test=10, seed=0))
+    if "imagenet" in needs:
+        folders["imagenet"] = str(write_image_folder(root / "imagenet", num_classes=4, per_class=4 if short else 24,
+                                                     size=64 if short else IMAGENET_LIKE_SIZE, seed=0))
+    return folders
+
+
+def start(engine: Engine, batch: int) -> None:
+    context = multiprocessing.get_context("spawn")
+    ours, theirs = context.Pipe()
+    engine.process = context.Process(target=serve, args=(engine.kind, dict(engine.options), batch, theirs),
+                                     daemon=True)
+    engine.process.start()
+    engine.connection = ours
+    state, value = ours.recv()
+    engine.status = "ok" if state == "ok" else f"unavailable: {value}"
+
+
+def stop(engine: Engine) -> None:
+    if engine.process is None:
+        return
+    if engine.process.is_alive():
+        try:
+            engine.connection.send(("quit",))
+        except OSError:
+            pass
+        engine.process.join(timeout=30)
+    if engine.process.is_alive():
+        engine.process.terminate()
+
+
+def measure(plan: list[tuple[Case, list[Engine]]], args: argparse.Namespace, batch_of) -> dict:
+    """Compile and warm every (case, engine), then interleave the timed rounds; images/s per round."""
+    rounds: dict[tuple[Case, str], list[float]] = {}
+    for case, engines in plan:
+        for engine in engines:
+            try:
+                engine.compile_s[case] = engine.request("prepare", case)
+                if args.warmup:
+                    engine.request("run", case, args.warmup)
+                rounds[(case, engine.label)] = []
+            except RuntimeError as error:
+                engine.compile_s[case] = None
+                print(f"[{engine.label}] {case[0]} {case[1]}: {error}", file=sys.stderr, flush=True)
+    for index in range(args.rounds):
+        for case, engines in plan:
+            order = engines if index % 2 == 0 else engines[::-1]
+            for engine in order:
+                if (case, engine.label) not in rounds:
+                    continue
+                try:
+                    seconds = engine.request("run", case, args.steps)
+                except RuntimeError as error:
+                    print(f"[{engine.label}] {case[0]} {case[1]}: {error}", file=sys.stderr, flush=True)
+                    del rounds[(case, engine.label)]
+                    continue
+                rounds[(case, engine.label)].append(batch_of(case) * args.steps / sum(seconds))
+        print(f"round {index + 1}/{args.rounds} done", file=sys.stderr, flush=True)
+    return rounds
+
+
+def machine_info() -> dict:
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    info = {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(),
+            "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "(set by the MindSpore engine: AVX2)")}
+    for package in ("mindspore", "torch", "numpy"):
+        spec = importlib.util.find_spec(package)
+        info[package] = _version(package) if spec else None
+    return info
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+def load_average() -> list[float] | None:
+    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+
+
+def summarise(rounds: dict, plan, peer: str | None, train_size: int, pipeline_key: Case | None) -> dict:
+    rows = []
+    for case, engines in plan:
+        for engine in engines:
+            values = rounds.get((case, engine.label))
+            row = {"task": case[0], "size": case[1], "engine": engine.label,
+                   "compile_s": _round(engine.compile_s.get(case)), "images_per_s": None, "rounds": values or []}
+            if values:
+                row.update(images_per_s=_round(statistics.median(values)), min=_round(min(values)),
+                           max=_round(max(values)))
+            rows.append(row)
+    ratios = []
+    for row in rows:
+        peer_row = next((r for r in rows if r["engine"] == peer and r["task"] == row["task"]
+                         and r["size"] == row["size"]), None) if peer else None
+        if row["engine"] == peer or row["task"] in PIPELINE_TASKS or not peer_row:
+            continue
+        if row["images_per_s"] and peer_row["images_per_s"]:
+            ratios.append({"task": row["task"], "size": row["size"], "engine": row["engine"], "peer": peer,
+                           "ratio": round(row["images_per_s"] / peer_row["images_per_s"], 3)})
+    result = {"results": rows, "ratios": ratios}
+    if pipeline_key:
+        pipe = next((r for r in rows if (r["task"], r["size"]) == pipeline_key), None)
+        train = next((r for r in rows if r["task"] == "train" and r["size"] == train_size
+                      and r["engine"].startswith("mindspore")), None)
+        if pipe and train and pipe["images_per_s"] and train["images_per_s"]:
+            result["pipeline_vs_train"] = {"pipeline": f"{pipeline_key[0]} {pipeline_key[1]}",
+                                           "train_engine": train["engine"], "size": train_size,
+                                           "ratio": round(pipe["images_per_s"] / train["images_per_s"], 2)}
+    return result
+
+
+def _round(value):
+    return None if value is None else round(value, 2)
+
+
+def format_table(summary: dict, engines: list[Engine]) -> str:
+    lines = [f"{'task':<10}{'size':>5}  {'engine':<34}{'images/s':>10}{'min-max':>18}{'compile s':>11}{'ratio':>8}"]
+    for row in summary["results"]:
+        ratio = next((r["ratio"] for r in summary["ratios"] if (r["task"], r["size"], r["engine"])
+                      == (row["task"], row["size"], row["engine"])), None)
+        spread = f"{row['min']:.1f}-{row['max']:.1f}" if row["images_per_s"] else "-"
+        speed = f"{row['images_per_s']:.1f}" if row["images_per_s"] else "failed"
+        lines.append(f"{row['task']:<10}{row['size']:>5}  {row['engine']:<34}{speed:>10}{spread:>18}"
+                     f"{_cell(row['compile_s'], '.1f'):>11}{_cell(ratio, '.2f', 'x'):>8}")
+    for engine in engines:
+        if engine.status != "ok":
+            lines.append(f"{engine.label}: {engine.status}")
+    if "pipeline_vs_train" in summary:
+        p = summary["pipeline_vs_train"]
+        lines.append(f"input pipeline ({p['pipeline']}) / training step ({p['train_engine']}, {p['size']}): "
+                     f"{p['ratio']:.2f}x")
+    return "\n".join(lines)
+
+
+def _cell(value, spec: str, suffix: str = "") -> str:
+    return "-" if value is None else f"{value:{spec}}{suffix}"
+
+
+def main() -> None:
+    args = parse_args()
+    check_args(args)
+    sizes = parse_sizes(args.sizes)
+    tasks = split_list(args.tasks)
+    pipelines = split_list(args.pipeline)
+    specs = args.engines or (["mindspore"] + ([PEER] if importlib.util.find_spec(PEER) else []))
+    engines = [parse_engine(spec, args.config) for spec in specs]
+    from src.model_utils.config import load_config
+
+    config = load_config([f"--config_path={args.config}"])
+    pipeline_size = args.pipeline_size or (32 if args.short else config.image_height)
+    peer = next((e.label for e in engines if e.kind == PEER), None)
+
+    with tempfile.TemporaryDirectory(prefix="googlenet-bench-") as scratch:
+        folders = write_data(Path(scratch), args.short,
+                             set(pipelines) | ({"cifar10"} if TRAIN_PY_TASK in tasks else set()))
+        pipe_engine = Engine(label="pipeline", kind="pipeline",
+                             options={"config": str(args.config), **folders}) if pipelines else None
+        for engine in engines:
+            if engine.kind == "mindspore" and "cifar10" in folders:
+                engine.options["data"] = folders["cifar10"]
+        plan: list[tuple[Case, list[Engine]]] = []
+        for task in tasks:
+            for size in sizes:
+                runners = [e for e in engines if task != TRAIN_PY_TASK or e.kind == "mindspore"]
+                plan.append(((task, size), runners))
+        if pipe_engine:
+            plan += [((name, pipeline_size), [pipe_engine]) for name in pipelines]
+        load_before = load_average()
+        everyone = engines + ([pipe_engine] if pipe_engine else [])
+        try:
+            for engine in everyone:
+                start(engine, args.batch)
+            plan = [(case, [e for e in runners if e.status == "ok"]) for case, runners in plan]
+            started = time.perf_counter()
+            rounds = measure(plan, args, lambda case: args.batch)
+            seconds = time.perf_counter() - started
+        finally:
+            for engine in everyone:
+                stop(engine)
+
+    pipeline_key = ("cifar10", pipeline_size) if "cifar10" in pipelines else None
+    summary = summarise(rounds, plan, peer if peer and any(e.label == peer and e.status == "ok" for e in engines)
+                        else None, pipeline_size, pipeline_key)
+    report = {
+        "machine": machine_info(),
+        "load_average": {"before": load_before, "after": load_average()},
+        "settings": {"sizes": sizes, "batch": args.batch, "rounds": args.rounds, "steps": args.steps,
+                     "warmup": args.warmup, "tasks": tasks, "pipelines": pipelines, "pipeline_size": pipeline_size,
+                     "config": str(args.config), "seconds": round(seconds, 1)},
+        "engines": [{"label": e.label, "kind": e.kind, "options": {k: v for k, v in e.options.items()
+                                                                   if k not in ("cifar10", "imagenet", "data")},
+                     "status": e.status} for e in everyone],
+        **summary,
+    }
+    print(format_table(summary, everyone), flush=True)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.json}", flush=True)
+    failed = [f"{row['task']} {row['size']} ({row['engine']})" for row in summary["results"]
+              if row["images_per_s"] is None]
+    failed += [f"{e.label} ({e.status})" for e in everyone if e.status != "ok" and e.label != peer]
+    if failed:
+        raise UserError(f"no result for: {', '.join(failed)}; see the messages above")
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,1 @@
+"""Benchmark engines and the PyTorch peer network (benchmark.py)."""

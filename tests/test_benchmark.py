@@ -1,0 +1,75 @@
+"""benchmark.py in its short mode: the real engines and pipelines run, the output format is checked
+(no timing assertions: speeds on shared CI machines say nothing)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+
+from tests.conftest import assert_user_error, run_script
+
+TASKS = ("train", "infer", "train.py")
+PIPELINES = ("cifar10", "imagenet")
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("bench")
+    result = run_script("benchmark.py", "--short", "--json", "out/bench.json", cwd=workdir, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result, json.loads((workdir / "out" / "bench.json").read_text())
+
+
+def test_short_run_reports_every_case_of_mindspore_and_the_pipelines(short_run):
+    _, report = short_run
+    assert report["settings"]["sizes"] == [32] and report["settings"]["batch"] == 4
+    assert report["machine"]["mindspore"] == "2.10.0" and report["machine"]["cores"] >= 1
+    ours = {(row["task"], row["size"]): row for row in report["results"] if row["engine"] == "mindspore"}
+    assert set(ours) == {(task, 32) for task in TASKS}
+    pipes = {row["task"]: row for row in report["results"] if row["engine"] == "pipeline"}
+    assert set(pipes) == set(PIPELINES)
+    for row in [*ours.values(), *pipes.values()]:
+        assert row["images_per_s"] > 0 and row["min"] <= row["images_per_s"] <= row["max"], row
+        assert len(row["rounds"]) == report["settings"]["rounds"], row
+    assert report["pipeline_vs_train"]["ratio"] == pytest.approx(
+        pipes["cifar10"]["images_per_s"] / ours[("train", 32)]["images_per_s"], rel=0.02)
+
+
+def test_peer_is_compared_when_pytorch_is_installed(short_run):
+    _, report = short_run
+    engines = {engine["label"]: engine for engine in report["engines"]}
+    if importlib.util.find_spec("torch") is None:
+        assert "torch" not in engines and report["ratios"] == []
+        return
+    assert engines["torch"]["status"] == "ok"
+    peer = {(row["task"], row["size"]): row["images_per_s"] for row in report["results"] if row["engine"] == "torch"}
+    assert set(peer) == {("train", 32), ("infer", 32)}  # train.py is MindSpore's own loop
+    ratios = {(r["task"], r["size"]): r["ratio"] for r in report["ratios"] if r["engine"] == "mindspore"}
+    ours = {(row["task"], row["size"]): row["images_per_s"] for row in report["results"]
+            if row["engine"] == "mindspore"}
+    for key, value in peer.items():
+        assert ratios[key] == pytest.approx(ours[key] / value, rel=0.01)
+
+
+def test_table_has_one_line_per_result(short_run):
+    result, report = short_run
+    lines = result.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("task") and "images/s" in line)
+    rows = lines[header + 1: header + 1 + len(report["results"])]
+    for row, line in zip(report["results"], rows, strict=True):
+        assert line.split()[:2] == [row["task"], str(row["size"])], line
+    assert any(line.startswith("input pipeline (cifar10 32) / training step") for line in lines)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--engine", "tensorflow"], "unknown engine 'tensorflow'"),
+    (["--sizes", "16"], "--sizes='16'"),
+    (["--tasks", "train,predict"], "unknown task 'predict'"),
+    (["--steps", "0"], "--steps=0"),
+])
+def test_bad_options_are_one_line_errors(tmp_path, args, fragment):
+    result = run_script("benchmark.py", "--short", *args, cwd=tmp_path, timeout=120)
+    assert_user_error(result, 2, fragment)
+    assert list(tmp_path.iterdir()) == []

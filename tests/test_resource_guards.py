@@ -82,3 +82,22 @@ def test_disk_full_while_exporting_leaves_no_model(tmp_path, trained_cifar, smal
                         "--image_height=32", "--image_width=32", f"--file_name={disk}/googlenet", cwd=tmp_path)
     assert_user_error(result, 1, "no space left on the disk of", "googlenet.mindir")
     assert list(disk.iterdir()) == []
+
+
+def test_overwriting_a_checkpoint_on_a_full_disk_keeps_the_old_one(small_disk):
+    """Like ``<prefix>-best.ckpt`` being replaced. MindSpore's own writer deletes the old file before it
+    writes the new one (a kill in between loses both); ours keeps the old one until the new one is
+    complete, so it needs room for both, and when that room is missing the old one survives."""
+    import mindspore as ms
+
+    from src.checkpoint import save_checkpoint_file
+    from src.errors import UserError
+    from src.googlenet import create_model
+
+    disk = small_disk(30)  # one 22 MB network checkpoint fits, two do not
+    best = disk / "best.ckpt"
+    save_checkpoint_file(create_model(10), best, {"epoch_num": 1})
+    with pytest.raises(UserError, match="no space left on the disk of .* while writing best.ckpt"):
+        save_checkpoint_file(create_model(10), best, {"epoch_num": 2})
+    assert int(ms.load_checkpoint(str(best))["epoch_num"].asnumpy()) == 1
+    assert [path.name for path in disk.iterdir()] == ["best.ckpt"]

@@ -16,16 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from src.errors import ConfigError, UserError, run_main
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        raise ConfigError(message)
+from src.errors import ArgumentParser, ConfigError, UserError, run_main
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = _Parser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--dataset", choices=("cifar10", "imagenet"), default="cifar10")
     parser.add_argument("--result_path", default="./result_Files", help="folder of <name>_0.bin logits")
     parser.add_argument("--label_path", required=True,

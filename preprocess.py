@@ -17,7 +17,7 @@ import argparse
 import os
 from pathlib import Path
 
-from src.errors import ConfigError, UserError, run_main
+from src.errors import ArgumentParser, ConfigError, UserError, run_main
 
 CIFAR_DATA_FOLDER = "00_data"
 CIFAR_LABEL_FOLDER = "01_label"
@@ -25,13 +25,8 @@ IMAGENET_LABEL_FILE = "imagenet_label.txt"
 IMAGE_EXTENSIONS = {".jpeg", ".jpg", ".png"}
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        raise ConfigError(message)
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = _Parser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--dataset", choices=("cifar10", "imagenet"), default="cifar10")
     parser.add_argument("--data_path", required=True,
                         help="CIFAR-10 folder with test_batch.bin (or a .bin file); ImageNet val/ class folders")

@@ -8,9 +8,11 @@ traceback.
 
 from __future__ import annotations
 
+import argparse
 import re
 import sys
 from collections.abc import Callable
+from typing import NoReturn
 
 
 class UserError(Exception):
@@ -39,6 +41,13 @@ def pipeline_file_error(err: BaseException) -> UserError | None:
     if "decode" in reason.lower():
         return UserError(f"{match['file']}: not a readable image ({reason}); remove or replace this file")
     return UserError(f"{match['file']}: the data pipeline's {match['op']} failed on this file ({reason})")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors raise ConfigError (one line via run_main) instead of printing usage."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(message)
 
 
 def run_main(main: Callable[[], object]) -> None:

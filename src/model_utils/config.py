@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from src.atomic_io import atomic_write_text
-from src.errors import ConfigError
+from src.errors import ArgumentParser, ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG_PATH = REPO_ROOT / "cifar10_config.yaml"
@@ -258,15 +258,8 @@ def _suggest(key: str) -> str:
     return f" (did you mean {close[0]}?)" if close else ""
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but its errors become a ConfigError instead of usage text and exit."""
-
-    def error(self, message: str) -> typing.NoReturn:
-        raise ConfigError(message)
-
-
 def _build_parser(config_path: Path, helps: dict, choices: dict, defaults: dict) -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = ArgumentParser(
         description=f"Keys and defaults from {config_path}; any key can be overridden as --key=value.",
         allow_abbrev=False, add_help=True)
     parser.add_argument("--config_path", default=str(config_path), help="YAML config file")
@@ -301,7 +294,7 @@ def load_config(argv: Sequence[str] | None = None, default_config: str | os.Path
     ``argv=None`` reads ``sys.argv[1:]``; ``default_config`` is the file used when no
     ``--config_path`` is given (the CIFAR-10 Ascend/GPU config by default).
     """
-    pre = _Parser(add_help=False, allow_abbrev=False)
+    pre = ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--config_path", default=str(default_config or DEFAULT_CONFIG_PATH))
     known, _ = pre.parse_known_args(argv)
     config_path = Path(known.config_path).expanduser().resolve()

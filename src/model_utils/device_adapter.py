@@ -1,7 +1,7 @@
 """Run-time setup shared by the entry scripts: device context, CPU kernels, distributed ranks.
 
-Rank and device numbers come from the launcher's environment through an adapter module: the
-local one, or on ModelArts the moxing one (which reads the same variables there).
+Rank and device numbers come from the launcher's environment (local_adapter); ModelArts sets the
+same variables, so its adapter reads them through local_adapter too.
 """
 
 from __future__ import annotations

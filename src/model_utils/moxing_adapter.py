@@ -32,32 +32,15 @@ from types import ModuleType
 
 from src.errors import UserError
 
+# ModelArts sets the same DEVICE_ID / RANK_SIZE / RANK_ID variables as a local launcher.
+from src.model_utils.local_adapter import get_device_id, get_device_num
+
 DEVICES_PER_SERVER = 8
 MARKER_POLL_SECONDS = 0.5
 # The processes of one run start within seconds of each other; a marker whose writer started further
 # away from this process belongs to an earlier run.
 LAUNCH_SPREAD_SECONDS = 120
 PROCESS_START = time.time()
-
-
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name, "").strip()
-    return int(value) if value.isdigit() else default
-
-
-def get_device_id() -> int:
-    """DEVICE_ID: which accelerator of this server (0 when unset)."""
-    return _env_int("DEVICE_ID", 0)
-
-
-def get_device_num() -> int:
-    """RANK_SIZE: number of processes of the job (1 when unset)."""
-    return _env_int("RANK_SIZE", 1)
-
-
-def get_rank_id() -> int:
-    """RANK_ID: this process's rank (0 when unset)."""
-    return _env_int("RANK_ID", 0)
 
 
 def get_job_id() -> str:

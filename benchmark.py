@@ -7,7 +7,8 @@
 
 Every engine lives in its own worker process and only one works at a time. After compiling and
 warming up, the engines take turns case by case for ``--rounds`` rounds (the order alternates
-each round), each turn timing ``--steps`` steps; a round's images/s is batch x steps / seconds
+each round), each turn timing ``--steps`` steps (a pipeline: at least 16 batches, after emptying
+its prefetch queues); a round's images/s is batch x steps / seconds
 and the table shows the median over rounds with the ratio to the PyTorch peer.
 """
 
@@ -202,7 +203,7 @@ def measure(plan: list[tuple[Case, list[Engine]]], args: argparse.Namespace, bat
                     print(f"[{engine.label}] {case[0]} {case[1]}: {error}", file=sys.stderr, flush=True)
                     del rounds[(case, engine.label)]
                     continue
-                rounds[(case, engine.label)].append(batch_of(case) * args.steps / sum(seconds))
+                rounds[(case, engine.label)].append(batch_of(case) * len(seconds) / sum(seconds))
         print(f"round {index + 1}/{args.rounds} done", file=sys.stderr, flush=True)
     return rounds
 

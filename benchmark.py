@@ -264,6 +264,12 @@ def summarise(rounds: dict, plan, peer: str | None, train_size: int, pipeline_ke
     return result
 
 
+def _shown_path(path: str | Path) -> str:
+    """Paths inside the repository are reported relative to it, so reports compare across checkouts."""
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
 def _round(value):
     return None if value is None else round(value, 2)
 
@@ -341,9 +347,10 @@ def main() -> None:
         "load_average": {"before": load_before, "after": load_average()},
         "settings": {"sizes": sizes, "batch": args.batch, "rounds": args.rounds, "steps": args.steps,
                      "warmup": args.warmup, "tasks": tasks, "pipelines": pipelines, "pipeline_size": pipeline_size,
-                     "config": str(args.config), "seconds": round(seconds, 1)},
-        "engines": [{"label": e.label, "kind": e.kind, "options": {k: v for k, v in e.options.items()
-                                                                   if k not in ("cifar10", "imagenet", "data")},
+                     "config": _shown_path(args.config), "seconds": round(seconds, 1)},
+        "engines": [{"label": e.label, "kind": e.kind,
+                     "options": {k: _shown_path(v) if k == "config" else v for k, v in e.options.items()
+                                 if k not in ("cifar10", "imagenet", "data")},
                      "status": e.status} for e in everyone],
         **summary,
     }

@@ -50,7 +50,7 @@ def save_checkpoint_file(network: nn.Cell, path: str | Path, extra: dict | None 
     return Path(path)
 
 
-def _shape_problem(param: ms.Parameter, stored: dict) -> str | None:
+def shape_problem(param: ms.Parameter, stored: dict) -> str | None:
     """Why ``param`` cannot be loaded from ``stored``, or None when it can."""
     if param.name not in stored:
         return "missing"
@@ -74,7 +74,7 @@ def load_weights(net: nn.Cell, path: str | Path) -> None:
     """
     stored = read_checkpoint(path)
     for param in net.get_parameters():
-        problem = _shape_problem(param, stored)
+        problem = shape_problem(param, stored)
         if problem == "missing":
             raise UserError(f"checkpoint {path} has no parameter '{param.name}'; "
                             "expected a checkpoint of this GoogleNet")
@@ -92,7 +92,7 @@ def load_pretrained(net: nn.Cell, path: str | Path) -> list[str]:
     stored = read_checkpoint(path)
     skipped: dict[str, str] = {}
     for param in net.get_parameters():
-        problem = _shape_problem(param, stored)
+        problem = shape_problem(param, stored)
         if problem is None:
             continue
         if not param.name.startswith(HEAD_PREFIX):

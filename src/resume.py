@@ -20,7 +20,7 @@ import mindspore as ms
 import mindspore.dataset as ds
 import mindspore.nn as nn
 
-from src.checkpoint import EPOCH_CHECKPOINT, read_checkpoint
+from src.checkpoint import EPOCH_CHECKPOINT, read_checkpoint, shape_problem
 from src.errors import UserError
 from src.logger import logger
 
@@ -150,12 +150,12 @@ def restore_training_state(train_network: nn.Cell, point: ResumePoint, steps_per
         if _FROM_CONFIG.match(param.name):
             state[param.name] = param.copy()  # keep this run's value
             continue
-        if param.name not in state:
+        problem = shape_problem(param, state)
+        if problem == "missing":
             raise UserError(f"resume: {path} has no '{param.name}'; expected a checkpoint written by "
                             "train.py with this network and optimizer (same num_classes, freeze_backbone)")
-        shape = tuple(state[param.name].shape)
-        if shape != tuple(param.shape):
-            raise UserError(f"resume: '{param.name}' has shape {shape} in {path}, {tuple(param.shape)} here; "
+        if problem:
+            raise UserError(f"resume: '{param.name}' has {problem} ({path}); "
                             "resume with the config of the interrupted run")
     ms.load_param_into_net(train_network, state, strict_load=True)
     logger.info("resumed from %s: epoch %d done (global step %d); continuing at epoch %d",

@@ -71,9 +71,14 @@ def _loss_tensor(outputs) -> ms.Tensor:
     return outputs[0] if isinstance(outputs, (tuple, list)) else outputs
 
 
+def step_in_epoch(params) -> int:
+    """The 1-based step within the current epoch."""
+    return (params.cur_step_num - 1) % params.batch_num + 1
+
+
 def global_step(params) -> int:
     """Steps since the start of training, also in a run resumed at a later epoch."""
-    return (params.cur_epoch_num - 1) * params.batch_num + (params.cur_step_num - 1) % params.batch_num + 1
+    return (params.cur_epoch_num - 1) * params.batch_num + step_in_epoch(params)
 
 
 class TrainMonitor(Callback):
@@ -105,13 +110,13 @@ class TrainMonitor(Callback):
         params = run_context.original_args()
         loss_tensor = _loss_tensor(params.net_outputs)
         self.epoch_losses.append(loss_tensor)
-        step_in_epoch = (params.cur_step_num - 1) % params.batch_num + 1
-        if step_in_epoch % self.log_interval == 0 or step_in_epoch == params.batch_num:
+        step = step_in_epoch(params)
+        if step % self.log_interval == 0 or step == params.batch_num:
             loss = float(np.mean(loss_tensor.asnumpy()))
-            print(f"epoch: {params.cur_epoch_num} step: {step_in_epoch}, loss is {loss:.7g}", flush=True)
+            print(f"epoch: {params.cur_epoch_num} step: {step}, loss is {loss:.7g}", flush=True)
             if self.metrics_log is not None:
-                step = global_step(params)
-                self.metrics_log.append("train", params.cur_epoch_num, step, loss=loss, lr=self._lr(step))
+                total = global_step(params)
+                self.metrics_log.append("train", params.cur_epoch_num, total, loss=loss, lr=self._lr(total))
 
     def on_train_epoch_end(self, run_context) -> None:
         params = run_context.original_args()

@@ -19,7 +19,7 @@ from src.curves import draw_after_training
 from src.dataset import create_dataset_from_config
 from src.errors import UserError, run_main
 from src.finetune import freeze_backbone
-from src.googlenet import create_model
+from src.googlenet import create_model_from_config
 from src.logger import logger, setup_logging
 from src.lr_scheduler import create_lr_schedule
 from src.metrics import create_eval_metrics
@@ -51,7 +51,7 @@ def main() -> None:
                 steps_per_epoch, config.batch_size)
     resume = find_resume_point(config.resume, config.ckpt_save_dir, checkpoint_prefix(config.dataset_name))
 
-    net = create_model(config.num_classes, dropout_rate=config.dropout_rate)
+    net = create_model_from_config(config)
     if config.pre_trained and resume is None:
         load_pretrained(net, config.pre_trained)
     if config.freeze_backbone:

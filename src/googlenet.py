@@ -10,10 +10,19 @@ before the classifier is applied in training (upstream defines it but never call
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import mindspore.nn as nn
 import mindspore.ops as ops
 from mindspore import Tensor
 from mindspore.common.initializer import TruncatedNormal
+
+from src.logger import logger
+from src.max_pool import CompiledMaxPool2d, compiled_max_pool_wanted, create_max_pool, kernel_library
+
+# (kernel_size, stride) -> a max pool with 'same' padding
+MaxPoolFactory = Callable[[int, int], nn.Cell]
 
 
 class Conv2dBlock(nn.Cell):
@@ -34,14 +43,13 @@ class Inception(nn.Cell):
     """Four parallel branches concatenated on channels; arguments are the paper's table columns."""
 
     def __init__(self, in_channels: int, ch1x1: int, ch3x3red: int, ch3x3: int,
-                 ch5x5red: int, ch5x5: int, pool_proj: int) -> None:
+                 ch5x5red: int, ch5x5: int, pool_proj: int, max_pool: MaxPoolFactory = create_max_pool) -> None:
         super().__init__()
         self.branch1 = Conv2dBlock(in_channels, ch1x1, 1)
         self.branch2 = nn.SequentialCell(Conv2dBlock(in_channels, ch3x3red, 1), Conv2dBlock(ch3x3red, ch3x3, 3))
         # The paper's 5x5 branch; 3x3 here, as in the model zoo.
         self.branch3 = nn.SequentialCell(Conv2dBlock(in_channels, ch5x5red, 1), Conv2dBlock(ch5x5red, ch5x5, 3))
-        self.branch4 = nn.SequentialCell(nn.MaxPool2d(kernel_size=3, stride=1, pad_mode="same"),
-                                         Conv2dBlock(in_channels, pool_proj, 1))
+        self.branch4 = nn.SequentialCell(max_pool(3, 1), Conv2dBlock(in_channels, pool_proj, 1))
         self.concat = ops.Concat(axis=1)
 
     def construct(self, x: Tensor) -> Tensor:
@@ -52,28 +60,29 @@ class GoogleNet(nn.Cell):
     """Inception v1. Output: logits (N, num_classes), or with ``include_top=False`` the
     (N, 1024, H/32, W/32) feature map, in training and evaluation alike."""
 
-    def __init__(self, num_classes: int = 1000, include_top: bool = True, dropout_rate: float = 0.2) -> None:
+    def __init__(self, num_classes: int = 1000, include_top: bool = True, dropout_rate: float = 0.2,
+                 max_pool: MaxPoolFactory = create_max_pool) -> None:
         super().__init__()
         self.include_top = include_top
         self.conv1 = Conv2dBlock(3, 64, kernel_size=7, stride=2)
-        self.maxpool1 = nn.MaxPool2d(kernel_size=3, stride=2, pad_mode="same")
+        self.maxpool1 = max_pool(3, 2)
         self.conv2 = Conv2dBlock(64, 64, kernel_size=1)
         self.conv3 = Conv2dBlock(64, 192, kernel_size=3)
-        self.maxpool2 = nn.MaxPool2d(kernel_size=3, stride=2, pad_mode="same")
+        self.maxpool2 = max_pool(3, 2)
 
-        self.inception3a = Inception(192, 64, 96, 128, 16, 32, 32)
-        self.inception3b = Inception(256, 128, 128, 192, 32, 96, 64)
-        self.maxpool3 = nn.MaxPool2d(kernel_size=3, stride=2, pad_mode="same")
+        self.inception3a = Inception(192, 64, 96, 128, 16, 32, 32, max_pool)
+        self.inception3b = Inception(256, 128, 128, 192, 32, 96, 64, max_pool)
+        self.maxpool3 = max_pool(3, 2)
 
-        self.inception4a = Inception(480, 192, 96, 208, 16, 48, 64)
-        self.inception4b = Inception(512, 160, 112, 224, 24, 64, 64)
-        self.inception4c = Inception(512, 128, 128, 256, 24, 64, 64)
-        self.inception4d = Inception(512, 112, 144, 288, 32, 64, 64)
-        self.inception4e = Inception(528, 256, 160, 320, 32, 128, 128)
-        self.maxpool4 = nn.MaxPool2d(kernel_size=2, stride=2, pad_mode="same")
+        self.inception4a = Inception(480, 192, 96, 208, 16, 48, 64, max_pool)
+        self.inception4b = Inception(512, 160, 112, 224, 24, 64, 64, max_pool)
+        self.inception4c = Inception(512, 128, 128, 256, 24, 64, 64, max_pool)
+        self.inception4d = Inception(512, 112, 144, 288, 32, 64, 64, max_pool)
+        self.inception4e = Inception(528, 256, 160, 320, 32, 128, 128, max_pool)
+        self.maxpool4 = max_pool(2, 2)
 
-        self.inception5a = Inception(832, 256, 160, 320, 32, 128, 128)
-        self.inception5b = Inception(832, 384, 192, 384, 48, 128, 128)
+        self.inception5a = Inception(832, 256, 160, 320, 32, 128, 128, max_pool)
+        self.inception5b = Inception(832, 384, 192, 384, 48, 128, 128, max_pool)
 
         self.mean = ops.ReduceMean(keep_dims=True)
         self.flatten = nn.Flatten()
@@ -107,6 +116,19 @@ class GoogleNet(nn.Cell):
         return self.classifier(x)  # N x num_classes
 
 
-def create_model(num_classes: int, include_top: bool = True, dropout_rate: float = 0.2) -> GoogleNet:
-    """The network the entry scripts train, evaluate and export."""
-    return GoogleNet(num_classes=num_classes, include_top=include_top, dropout_rate=dropout_rate)
+def create_model(num_classes: int, include_top: bool = True, dropout_rate: float = 0.2,
+                 compiled_max_pool: bool = False) -> GoogleNet:
+    """The network the entry scripts train, evaluate and export. ``compiled_max_pool``: max pooling
+    through the compiled CPU kernel of src/max_pool.py (same function, faster on CPU); never for export."""
+    max_pool = functools.partial(create_max_pool, compiled=True) if compiled_max_pool else create_max_pool
+    return GoogleNet(num_classes=num_classes, include_top=include_top, dropout_rate=dropout_rate, max_pool=max_pool)
+
+
+def create_model_from_config(config) -> GoogleNet:
+    """The network as train.py, eval.py and predict.py build it; export.py uses ``create_model``
+    (MindSpore's own operators only, so that the exported graph runs anywhere)."""
+    net = create_model(config.num_classes, dropout_rate=config.dropout_rate,
+                       compiled_max_pool=compiled_max_pool_wanted(config))
+    if isinstance(net.maxpool1, CompiledMaxPool2d):
+        logger.info("max pooling: compiled CPU kernel %s", kernel_library())
+    return net

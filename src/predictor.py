@@ -19,7 +19,7 @@ import numpy as np
 from src.checkpoint import load_weights
 from src.dataset import eval_transforms
 from src.errors import UserError
-from src.googlenet import create_model
+from src.googlenet import create_model_from_config
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
@@ -115,7 +115,7 @@ def load_classifier(model_path: str, config) -> Classifier:
         raise UserError(f"predict_model '{model_path}' does not exist; give a .ckpt checkpoint or an exported .mindir")
     suffix = path.suffix.lower()
     if suffix == ".ckpt":
-        net = create_model(config.num_classes, dropout_rate=config.dropout_rate)
+        net = create_model_from_config(config)
         load_weights(net, path)
         net.set_train(False)
         return Classifier(lambda x: net(ms.Tensor(x)).asnumpy(), (config.image_height, config.image_width), None,

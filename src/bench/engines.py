@@ -63,14 +63,14 @@ class MindSporeEngine:
 
     def prepare(self, case: Case) -> None:
         ms = self.ms
-        from src.googlenet import create_model
+        from src.googlenet import create_model_from_config
         from src.lr_scheduler import create_lr_schedule
         from src.trainer import create_train_model
 
         task, size = case
         config = self.config(size)
         ms.set_seed(config.seed)
-        net = create_model(config.num_classes, dropout_rate=config.dropout_rate)
+        net = create_model_from_config(config)
         if task == TRAIN_PY_TASK:
             self.cells[case] = self._train_py(config, net)
             return

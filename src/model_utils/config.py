@@ -54,6 +54,7 @@ SCHEMA: dict[str, Any] = {
     # network
     "num_classes": int,
     "dropout_rate": float,
+    "compiled_max_pool": bool,
     # training
     "pre_trained": str,
     "epoch_size": int,

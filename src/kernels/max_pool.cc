@@ -165,20 +165,21 @@ void Pool3x3Stride1(const float *x, float *y, int32_t *argmax, const Geometry &g
   });
 }
 
-// y[oc] = the maximum of ROWS consecutive rows (stride ow) of horizontal maxima, the first row
-// holding it winning; argmax[oc] = its flat index in x (row_base: that of the first row's x[0]).
+// ---- K = 2 or 3, stride 2, even H and W (every strided pool of GoogleNet at 224 and 32 input) ----
+// Windows start at even rows and columns (no padding before); with K = 3 the last window of each
+// row and column reaches one padded pixel past the end, ruled out by a NaN mask as above. The first
+// value of a window is always inside, so plain '>' in window order keeps the first maximum.
+
+// y[oc] = the maximum of ROWS rows of horizontal maxima (stride ow), the first row holding it winning.
 template <int ROWS>
-void CombineRows(const float *hm, const int8_t *ho, int64_t ow, int64_t row_base, int64_t w, float *y,
-                 int32_t *argmax) {
+void CombineRows(const float *row_max, const int32_t *row_at, int64_t ow, float *y, int32_t *argmax) {
   for (int64_t oc = 0; oc < ow; ++oc) {
-    float best = hm[oc];
-    auto at = static_cast<int32_t>(row_base + 2 * oc + ho[oc]);
+    float best = row_max[oc];
+    int32_t at = row_at[oc];
     for (int d = 1; d < ROWS; ++d) {
-      const float v = hm[d * ow + oc];
-      const auto i = static_cast<int32_t>(row_base + d * w + 2 * oc + ho[d * ow + oc]);
-      const bool greater = v > best;
-      best = greater ? v : best;
-      at = greater ? i : at;
+      const bool greater = row_max[d * ow + oc] > best;
+      best = greater ? row_max[d * ow + oc] : best;
+      at = greater ? row_at[d * ow + oc] : at;
     }
     y[oc] = best;
     argmax[oc] = at;
@@ -188,49 +189,61 @@ void CombineRows(const float *hm, const int8_t *ho, int64_t ow, int64_t row_base
 template <int K>
 void PoolStride2Even(const float *x, float *y, int32_t *argmax, const Geometry &g) {
   const int64_t plane = g.h * g.w, out_plane = g.oh * g.ow, ow = g.ow;
+  const int64_t block = std::max<int64_t>(kBlockValues / plane, 1);
+  // For K = 3: NaN where a row's last window would read the padding, -0.0f elsewhere.
+  std::vector<float> third(std::min(block, g.planes) * g.h * ow, -0.0f);
+  for (int64_t j = ow - 1; j < static_cast<int64_t>(third.size()); j += ow) {
+    third[j] = std::numeric_limits<float>::quiet_NaN();
+  }
   ForPlanes(g.planes, plane, [&](int64_t begin, int64_t end) {
-    const int64_t block = std::max<int64_t>(kBlockValues / plane, 1);
     std::vector<float> row_max(block * g.h * ow);
-    std::vector<int8_t> row_off(block * g.h * ow);
-    float *hm = row_max.data();
-    int8_t *ho = row_off.data();
+    std::vector<int32_t> row_at(block * g.h * ow);
     for (int64_t first = begin; first < end; first += block) {
       const int64_t planes = std::min(first + block, end) - first, base = first * plane;
       const float *xb = x + base;
       // Horizontal: output column j of the block's rows reads x[2j], x[2j+1] (and x[2j+2]).
       const int64_t n = planes * g.h * ow;
-      for (int64_t j = 0; j < (K == 3 ? n - 1 : n); ++j) {  // K = 3: rows' last columns redone below
+      auto horizontal = [&](int64_t j, bool last) {
         const float *v = xb + 2 * j;
         float best = v[0];
-        int8_t at = 0;
-        if (v[1] > best) best = v[1], at = 1;
-        if (K == 3 && v[2] > best) best = v[2], at = 2;
-        hm[j] = best;
-        ho[j] = at;
-      }
-      if (K == 3) {
-        for (int64_t j = ow - 1; j < n; j += ow) {
-          const float *v = xb + 2 * j;
-          hm[j] = v[1] > v[0] ? v[1] : v[0];
-          ho[j] = v[1] > v[0] ? 1 : 0;
+        auto at = static_cast<int32_t>(base + 2 * j);
+        if (v[1] > best) best = v[1], at += 1;
+        if (K == 3 && !last && v[2] + third[j] > best) best = v[2], at = static_cast<int32_t>(base + 2 * j + 2);
+        row_max[j] = best;
+        row_at[j] = at;
+      };
+      for (int64_t j = 0; j + 1 < n; ++j) {
+        const float *v = xb + 2 * j;
+        float best = v[0];
+        auto at = static_cast<int32_t>(base + 2 * j);
+        const bool second = v[1] > best;
+        best = second ? v[1] : best;
+        at = second ? at + 1 : at;
+        if (K == 3) {
+          const bool third_wins = v[2] + third[j] > best;
+          best = third_wins ? v[2] : best;
+          at = third_wins ? static_cast<int32_t>(base + 2 * j + 2) : at;
         }
+        row_max[j] = best;
+        row_at[j] = at;
       }
+      horizontal(n - 1, true);  // its third value would lie past the block
       // Vertical: output row q of the block reads rows 2q, 2q+1 (and 2q+2) of the horizontal maxima.
       float *yb = y + first * out_plane;
       int32_t *ab = argmax + first * out_plane;
       for (int64_t q = 0; q < planes * g.oh; ++q) {
-        const int64_t r = 2 * q;
+        const int64_t r = 2 * q * ow;
         if (K == 3 && q % g.oh != g.oh - 1) {
-          CombineRows<3>(hm + r * ow, ho + r * ow, ow, base + r * g.w, g.w, yb + q * ow, ab + q * ow);
+          CombineRows<3>(row_max.data() + r, row_at.data() + r, ow, yb + q * ow, ab + q * ow);
         } else {
-          CombineRows<2>(hm + r * ow, ho + r * ow, ow, base + r * g.w, g.w, yb + q * ow, ab + q * ow);
+          CombineRows<2>(row_max.data() + r, row_at.data() + r, ow, yb + q * ow, ab + q * ow);
         }
       }
     }
   });
 }
 
-// ---- any K, S (the strided pools): one plane at a time ----
+// ---- any K, S (strided pools on odd sizes): one plane at a time ----
 
 // Horizontal pass over one input row: out[oc] = max of row[oc*S - pad + k], k < K, in range;
 // col[oc] = the first column holding it.

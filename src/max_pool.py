@@ -72,8 +72,9 @@ def kernel_library() -> Path | None:
         logger.info("compiled %s into %s", KERNEL_SOURCE.name, library)
     except (OSError, subprocess.SubprocessError) as err:
         detail = getattr(err, "stderr", "") or str(err)
+        last_line = detail.strip().splitlines()[-1] if detail.strip() else str(err)
         logger.warning("could not compile %s (%s): max pooling uses MindSpore's own CPU kernels",
-                             KERNEL_SOURCE, detail.strip().splitlines()[-1] if detail.strip() else err)
+                       KERNEL_SOURCE, last_line)
         return None
     return library
 
@@ -86,6 +87,7 @@ class CompiledMaxPool2d(nn.Cell):
         if (kernel_size, stride) not in KERNEL_SHAPES:
             raise ValueError(f"no compiled max-pool kernel for kernel {kernel_size}, stride {stride}")
         self.kernel_size, self.stride = kernel_size, stride
+
         # Shape/type functions as plain defs: MindSpore's graph parser rejects some lambdas here.
         def pooled(x_shape):
             shape = [x_shape[0], x_shape[1], math.ceil(x_shape[2] / stride), math.ceil(x_shape[3] / stride)]

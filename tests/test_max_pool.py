@@ -130,15 +130,20 @@ def test_a_training_step_of_the_network_is_unchanged(library, monkeypatch):
     max_pool.kernel_library.cache_clear()
 
 
-def test_falls_back_to_mindspores_max_pool_without_a_compiler(monkeypatch, caplog, tmp_path):
-    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
-    monkeypatch.setenv("GOOGLENET_KERNEL_CACHE", str(tmp_path / "cache"))
+def _create_with_compiler(compiler: str, cache, monkeypatch, caplog) -> nn.Cell:
+    """``create_max_pool(compiled=True)`` with ``$CXX`` and the kernel cache set, nothing built before."""
+    monkeypatch.setenv("CXX", compiler)
+    monkeypatch.setenv("GOOGLENET_KERNEL_CACHE", str(cache))
     max_pool.kernel_library.cache_clear()
     try:
         with caplog.at_level(logging.WARNING, logger="googlenet"):
-            pool = max_pool.create_max_pool(3, 1, compiled=True)
+            return max_pool.create_max_pool(3, 2, compiled=True)
     finally:
         max_pool.kernel_library.cache_clear()
+
+
+def test_falls_back_to_mindspores_max_pool_without_a_compiler(monkeypatch, caplog, tmp_path):
+    pool = _create_with_compiler(str(tmp_path / "no-such-compiler"), tmp_path / "cache", monkeypatch, caplog)
     assert isinstance(pool, nn.MaxPool2d)
     assert "no C++ compiler" in caplog.text
     assert not (tmp_path / "cache").exists()
@@ -148,14 +153,7 @@ def test_a_broken_build_falls_back_and_leaves_no_library(monkeypatch, caplog, tm
     compiler = tmp_path / "failing-compiler"
     compiler.write_text("#!/bin/sh\necho 'fatal error: simulated' >&2\nexit 1\n")
     compiler.chmod(0o755)
-    monkeypatch.setenv("CXX", str(compiler))
-    monkeypatch.setenv("GOOGLENET_KERNEL_CACHE", str(tmp_path / "cache"))
-    max_pool.kernel_library.cache_clear()
-    try:
-        with caplog.at_level(logging.WARNING, logger="googlenet"):
-            pool = max_pool.create_max_pool(3, 2, compiled=True)
-    finally:
-        max_pool.kernel_library.cache_clear()
+    pool = _create_with_compiler(str(compiler), tmp_path / "cache", monkeypatch, caplog)
     assert isinstance(pool, nn.MaxPool2d)
     assert "simulated" in caplog.text
     assert list((tmp_path / "cache").iterdir()) == []

@@ -1,7 +1,7 @@
 """What benchmark.py times, one engine per worker process so that thread pools never overlap.
 
 - ``MindSporeEngine``: our GoogleNet through train.py's own code path (config loader,
-  ``configure_device``, ``create_model``, ``create_train_model``): a training step is one call of
+  ``configure_device``, ``create_model_from_config``, ``create_train_model``): a training step is one call of
   the train cell that ``Model.train`` runs each step; inference is the network in eval mode.
   ``train.py`` cases run ``Model.train`` itself over the real CIFAR pipeline.
 - ``TorchEngine``: the hand-written PyTorch peer (src/bench/torch_googlenet.py).

@@ -18,20 +18,24 @@ import mindspore.ops as ops
 from mindspore import Tensor
 from mindspore.common.initializer import TruncatedNormal
 
+from src.compiled_kernels import kernel_library
+from src.conv import CompiledConv2d, compiled_conv_wanted, create_conv
 from src.logger import logger
-from src.max_pool import CompiledMaxPool2d, compiled_max_pool_wanted, create_max_pool, kernel_library
+from src.max_pool import CompiledMaxPool2d, compiled_max_pool_wanted, create_max_pool
 
 # (kernel_size, stride) -> a max pool with 'same' padding
 MaxPoolFactory = Callable[[int, int], nn.Cell]
+# (in_channels, out_channels, kernel_size, stride) -> a convolution without bias, 'same' padding
+ConvFactory = Callable[[int, int, int, int], nn.Cell]
 
 
 class Conv2dBlock(nn.Cell):
     """Conv (no bias, 'same' padding) -> BatchNorm -> ReLU."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, stride: int = 1) -> None:
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, stride: int = 1,
+                 conv: ConvFactory = create_conv) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, pad_mode="same",
-                              has_bias=False, weight_init=TruncatedNormal(0.02))
+        self.conv = conv(in_channels, out_channels, kernel_size, stride)
         self.bn = nn.BatchNorm2d(out_channels, eps=1e-3)
         self.relu = nn.ReLU()
 
@@ -43,13 +47,16 @@ class Inception(nn.Cell):
     """Four parallel branches concatenated on channels; arguments are the paper's table columns."""
 
     def __init__(self, in_channels: int, ch1x1: int, ch3x3red: int, ch3x3: int,
-                 ch5x5red: int, ch5x5: int, pool_proj: int, max_pool: MaxPoolFactory = create_max_pool) -> None:
+                 ch5x5red: int, ch5x5: int, pool_proj: int, max_pool: MaxPoolFactory = create_max_pool,
+                 conv: ConvFactory = create_conv) -> None:
         super().__init__()
-        self.branch1 = Conv2dBlock(in_channels, ch1x1, 1)
-        self.branch2 = nn.SequentialCell(Conv2dBlock(in_channels, ch3x3red, 1), Conv2dBlock(ch3x3red, ch3x3, 3))
+        self.branch1 = Conv2dBlock(in_channels, ch1x1, 1, conv=conv)
+        self.branch2 = nn.SequentialCell(Conv2dBlock(in_channels, ch3x3red, 1, conv=conv),
+                                         Conv2dBlock(ch3x3red, ch3x3, 3, conv=conv))
         # The paper's 5x5 branch; 3x3 here, as in the model zoo.
-        self.branch3 = nn.SequentialCell(Conv2dBlock(in_channels, ch5x5red, 1), Conv2dBlock(ch5x5red, ch5x5, 3))
-        self.branch4 = nn.SequentialCell(max_pool(3, 1), Conv2dBlock(in_channels, pool_proj, 1))
+        self.branch3 = nn.SequentialCell(Conv2dBlock(in_channels, ch5x5red, 1, conv=conv),
+                                         Conv2dBlock(ch5x5red, ch5x5, 3, conv=conv))
+        self.branch4 = nn.SequentialCell(max_pool(3, 1), Conv2dBlock(in_channels, pool_proj, 1, conv=conv))
         self.concat = ops.Concat(axis=1)
 
     def construct(self, x: Tensor) -> Tensor:
@@ -61,28 +68,28 @@ class GoogleNet(nn.Cell):
     (N, 1024, H/32, W/32) feature map, in training and evaluation alike."""
 
     def __init__(self, num_classes: int = 1000, include_top: bool = True, dropout_rate: float = 0.2,
-                 max_pool: MaxPoolFactory = create_max_pool) -> None:
+                 max_pool: MaxPoolFactory = create_max_pool, conv: ConvFactory = create_conv) -> None:
         super().__init__()
         self.include_top = include_top
-        self.conv1 = Conv2dBlock(3, 64, kernel_size=7, stride=2)
+        self.conv1 = Conv2dBlock(3, 64, kernel_size=7, stride=2, conv=conv)
         self.maxpool1 = max_pool(3, 2)
-        self.conv2 = Conv2dBlock(64, 64, kernel_size=1)
-        self.conv3 = Conv2dBlock(64, 192, kernel_size=3)
+        self.conv2 = Conv2dBlock(64, 64, kernel_size=1, conv=conv)
+        self.conv3 = Conv2dBlock(64, 192, kernel_size=3, conv=conv)
         self.maxpool2 = max_pool(3, 2)
 
-        self.inception3a = Inception(192, 64, 96, 128, 16, 32, 32, max_pool)
-        self.inception3b = Inception(256, 128, 128, 192, 32, 96, 64, max_pool)
+        self.inception3a = Inception(192, 64, 96, 128, 16, 32, 32, max_pool, conv)
+        self.inception3b = Inception(256, 128, 128, 192, 32, 96, 64, max_pool, conv)
         self.maxpool3 = max_pool(3, 2)
 
-        self.inception4a = Inception(480, 192, 96, 208, 16, 48, 64, max_pool)
-        self.inception4b = Inception(512, 160, 112, 224, 24, 64, 64, max_pool)
-        self.inception4c = Inception(512, 128, 128, 256, 24, 64, 64, max_pool)
-        self.inception4d = Inception(512, 112, 144, 288, 32, 64, 64, max_pool)
-        self.inception4e = Inception(528, 256, 160, 320, 32, 128, 128, max_pool)
+        self.inception4a = Inception(480, 192, 96, 208, 16, 48, 64, max_pool, conv)
+        self.inception4b = Inception(512, 160, 112, 224, 24, 64, 64, max_pool, conv)
+        self.inception4c = Inception(512, 128, 128, 256, 24, 64, 64, max_pool, conv)
+        self.inception4d = Inception(512, 112, 144, 288, 32, 64, 64, max_pool, conv)
+        self.inception4e = Inception(528, 256, 160, 320, 32, 128, 128, max_pool, conv)
         self.maxpool4 = max_pool(2, 2)
 
-        self.inception5a = Inception(832, 256, 160, 320, 32, 128, 128, max_pool)
-        self.inception5b = Inception(832, 384, 192, 384, 48, 128, 128, max_pool)
+        self.inception5a = Inception(832, 256, 160, 320, 32, 128, 128, max_pool, conv)
+        self.inception5b = Inception(832, 384, 192, 384, 48, 128, 128, max_pool, conv)
 
         self.mean = ops.ReduceMean(keep_dims=True)
         self.flatten = nn.Flatten()
@@ -117,18 +124,23 @@ class GoogleNet(nn.Cell):
 
 
 def create_model(num_classes: int, include_top: bool = True, dropout_rate: float = 0.2,
-                 compiled_max_pool: bool = False) -> GoogleNet:
-    """The network the entry scripts train, evaluate and export. ``compiled_max_pool``: max pooling
-    through the compiled CPU kernel of src/max_pool.py (same function, faster on CPU); never for export."""
+                 compiled_max_pool: bool = False, compiled_conv: bool = False) -> GoogleNet:
+    """The network the entry scripts train, evaluate and export. ``compiled_max_pool``,
+    ``compiled_conv``: max pooling and the stride-1 convolutions through the compiled CPU kernels of
+    src/max_pool.py and src/conv.py (same function and parameters, faster on CPU); never for export."""
     max_pool = functools.partial(create_max_pool, compiled=True) if compiled_max_pool else create_max_pool
-    return GoogleNet(num_classes=num_classes, include_top=include_top, dropout_rate=dropout_rate, max_pool=max_pool)
+    conv = functools.partial(create_conv, compiled=True) if compiled_conv else create_conv
+    return GoogleNet(num_classes=num_classes, include_top=include_top, dropout_rate=dropout_rate,
+                     max_pool=max_pool, conv=conv)
 
 
 def create_model_from_config(config) -> GoogleNet:
     """The network as train.py, eval.py and predict.py build it; export.py uses ``create_model``
     (MindSpore's own operators only, so that the exported graph runs anywhere)."""
     net = create_model(config.num_classes, dropout_rate=config.dropout_rate,
-                       compiled_max_pool=compiled_max_pool_wanted(config))
+                       compiled_max_pool=compiled_max_pool_wanted(config), compiled_conv=compiled_conv_wanted(config))
     if isinstance(net.maxpool1, CompiledMaxPool2d):
-        logger.info("max pooling: compiled CPU kernel %s", kernel_library())
+        logger.info("max pooling: compiled CPU kernel %s", kernel_library("max_pool"))
+    if isinstance(net.conv2.conv, CompiledConv2d):
+        logger.info("stride-1 convolutions: compiled CPU kernel %s", kernel_library("conv"))
     return net

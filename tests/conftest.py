@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -36,6 +38,40 @@ def run_script(script: str, *args: str, cwd: Path, timeout: float = 900, env: di
     command = ["bash", str(path)] if script.endswith(".sh") else [sys.executable, str(path)]
     return subprocess.run(command + list(args), cwd=cwd, env=env or script_env(), capture_output=True,
                           text=True, timeout=timeout)
+
+
+def build_kernel(name: str, cache: Path) -> Path:
+    """src/kernels/<name>.cc built from source into the empty ``cache``, as a first run on a new machine
+    builds it. Skips the test without a C++ compiler, unless REQUIRE_INFER_DEPS=1 (then it fails)."""
+    from src import compiled_kernels
+
+    if shutil.which(os.environ.get("CXX", "g++")) is None:
+        reason = f"no C++ compiler (g++ or $CXX): the compiled {name} kernel cannot be built"
+        if os.environ.get("REQUIRE_INFER_DEPS") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GOOGLENET_KERNEL_CACHE", str(cache))
+        compiled_kernels.kernel_library.cache_clear()
+        path = compiled_kernels.kernel_library(name)
+    compiled_kernels.kernel_library.cache_clear()
+    assert path is not None and path.parent == cache and path.is_file()
+    return path
+
+
+def create_with_compiler(create, compiler: str, cache: Path, monkeypatch, caplog):
+    """``create()`` (a factory asked for a compiled kernel) with ``$CXX`` and the kernel cache set,
+    nothing built before; its warnings land in ``caplog``."""
+    from src import compiled_kernels
+
+    monkeypatch.setenv("CXX", compiler)
+    monkeypatch.setenv("GOOGLENET_KERNEL_CACHE", str(cache))
+    compiled_kernels.kernel_library.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="googlenet"):
+            return create()
+    finally:
+        compiled_kernels.kernel_library.cache_clear()
 
 
 def assert_user_error(result: subprocess.CompletedProcess, code: int, *fragments: str) -> None:

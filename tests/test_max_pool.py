@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import logging
-import os
-import shutil
-
 import mindspore as ms
 import numpy as np
 import pytest
 from mindspore import nn, ops
 
-from src import max_pool
+from src import compiled_kernels, max_pool
 from src.googlenet import create_model
 from src.model_utils.config import load_config
 from src.trainer import create_train_model
-from tests.conftest import CPU_CONFIG
+from tests.conftest import CPU_CONFIG, build_kernel, create_with_compiler
 
 
 @pytest.fixture(params=[ms.GRAPH_MODE, ms.PYNATIVE_MODE], ids=["graph", "pynative"])
@@ -28,20 +24,7 @@ def mode(request):
 
 @pytest.fixture(scope="module")
 def library(tmp_path_factory):
-    """The kernel built from source into an empty cache, as a first run on a new machine builds it."""
-    if shutil.which(os.environ.get("CXX", "g++")) is None:
-        reason = "no C++ compiler (g++ or $CXX): the compiled max-pool kernel cannot be built"
-        if os.environ.get("REQUIRE_INFER_DEPS") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    cache = tmp_path_factory.mktemp("kernel_cache")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("GOOGLENET_KERNEL_CACHE", str(cache))
-        max_pool.kernel_library.cache_clear()
-        path = max_pool.kernel_library()
-    max_pool.kernel_library.cache_clear()
-    assert path is not None and path.parent == cache and path.is_file()
-    return path
+    return build_kernel("max_pool", tmp_path_factory.mktemp("kernel_cache"))
 
 
 class _Grad(nn.Cell):
@@ -104,7 +87,7 @@ def test_a_training_step_of_the_network_is_unchanged(library, monkeypatch):
     """Same weights, same batch: the same loss, and parameters after the update equal up to float32 rounding."""
     ms.set_context(mode=ms.GRAPH_MODE)
     monkeypatch.setenv("GOOGLENET_KERNEL_CACHE", str(library.parent))
-    max_pool.kernel_library.cache_clear()
+    compiled_kernels.kernel_library.cache_clear()
     config = load_config([f"--config_path={CPU_CONFIG}", "--batch_size=4", "--dropout_rate=0"])
     rng = np.random.default_rng(0)
     images = ms.Tensor(rng.standard_normal((4, 3, 64, 64)).astype(np.float32))
@@ -127,23 +110,12 @@ def test_a_training_step_of_the_network_is_unchanged(library, monkeypatch):
         # Gradient sums in another order: rounding-level differences, not a different update.
         difference = np.linalg.norm(updates_compiled[name] - update)
         assert difference <= 1e-4 * np.linalg.norm(update), (name, difference, np.linalg.norm(update))
-    max_pool.kernel_library.cache_clear()
-
-
-def _create_with_compiler(compiler: str, cache, monkeypatch, caplog) -> nn.Cell:
-    """``create_max_pool(compiled=True)`` with ``$CXX`` and the kernel cache set, nothing built before."""
-    monkeypatch.setenv("CXX", compiler)
-    monkeypatch.setenv("GOOGLENET_KERNEL_CACHE", str(cache))
-    max_pool.kernel_library.cache_clear()
-    try:
-        with caplog.at_level(logging.WARNING, logger="googlenet"):
-            return max_pool.create_max_pool(3, 2, compiled=True)
-    finally:
-        max_pool.kernel_library.cache_clear()
+    compiled_kernels.kernel_library.cache_clear()
 
 
 def test_falls_back_to_mindspores_max_pool_without_a_compiler(monkeypatch, caplog, tmp_path):
-    pool = _create_with_compiler(str(tmp_path / "no-such-compiler"), tmp_path / "cache", monkeypatch, caplog)
+    pool = create_with_compiler(lambda: max_pool.create_max_pool(3, 2, compiled=True),
+                                str(tmp_path / "no-such-compiler"), tmp_path / "cache", monkeypatch, caplog)
     assert isinstance(pool, nn.MaxPool2d)
     assert "no C++ compiler" in caplog.text
     assert not (tmp_path / "cache").exists()
@@ -153,7 +125,8 @@ def test_a_broken_build_falls_back_and_leaves_no_library(monkeypatch, caplog, tm
     compiler = tmp_path / "failing-compiler"
     compiler.write_text("#!/bin/sh\necho 'fatal error: simulated' >&2\nexit 1\n")
     compiler.chmod(0o755)
-    pool = _create_with_compiler(str(compiler), tmp_path / "cache", monkeypatch, caplog)
+    pool = create_with_compiler(lambda: max_pool.create_max_pool(3, 2, compiled=True),
+                                str(compiler), tmp_path / "cache", monkeypatch, caplog)
     assert isinstance(pool, nn.MaxPool2d)
     assert "simulated" in caplog.text
     assert list((tmp_path / "cache").iterdir()) == []

@@ -55,6 +55,7 @@ SCHEMA: dict[str, Any] = {
     "num_classes": int,
     "dropout_rate": float,
     "compiled_max_pool": bool,
+    "compiled_conv": bool,
     # training
     "pre_trained": str,
     "epoch_size": int,

@@ -1,0 +1,70 @@
+"""Building the C++ CPU kernels of src/kernels/ (loaded through ``ops.Custom(func_type="aot")``).
+
+Each kernel is compiled with the system C++ compiler (g++ or ``$CXX``) on first use, once per
+source version and machine, into ``$GOOGLENET_KERNEL_CACHE`` (default ``~/.cache/googlenet_kernels``).
+Where that is not possible (no compiler, a failing build) the caller falls back to MindSpore's own
+operators, after one warning.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from src.logger import logger
+
+KERNEL_DIR = Path(__file__).resolve().parent / "kernels"
+COMPILE_FLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-std=c++17", "-shared", "-fPIC", "-pthread"]
+
+
+def _machine_id() -> str:
+    """What a -march=native build depends on: the architecture and the CPU's feature flags."""
+    flags = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            flags = next((line for line in cpuinfo if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        pass
+    return platform.machine() + flags
+
+
+@functools.cache
+def kernel_library(name: str) -> Path | None:
+    """Path of the compiled library of src/kernels/<name>.cc, building it if needed; None when it
+    cannot be built (the warning names what MindSpore operators are used instead)."""
+    source_path = KERNEL_DIR / f"{name}.cc"
+    compiler = shutil.which(os.environ.get("CXX", "g++"))
+    if compiler is None:
+        logger.warning("no C++ compiler (g++ or $CXX) found: %s uses MindSpore's own CPU kernels", name)
+        return None
+    source = source_path.read_bytes()
+    digest = hashlib.sha256(source + " ".join([compiler, *COMPILE_FLAGS, _machine_id()]).encode()).hexdigest()[:16]
+    cache = Path(os.environ.get("GOOGLENET_KERNEL_CACHE") or Path.home() / ".cache" / "googlenet_kernels")
+    library = cache / f"{name}_{digest}.so"
+    if library.is_file():
+        return library
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=cache) as scratch:
+            built = Path(scratch) / library.name
+            subprocess.run([compiler, *COMPILE_FLAGS, "-o", str(built), str(source_path)],
+                           check=True, capture_output=True, text=True, timeout=300)
+            os.replace(built, library)  # atomic: concurrent ranks may build at the same time
+        logger.info("compiled %s into %s", source_path.name, library)
+    except (OSError, subprocess.SubprocessError) as err:
+        detail = getattr(err, "stderr", "") or str(err)
+        last_line = detail.strip().splitlines()[-1] if detail.strip() else str(err)
+        logger.warning("could not compile %s (%s): %s uses MindSpore's own CPU kernels", source_path, last_line, name)
+        return None
+    return library
+
+
+def compiled_kernels_apply(config) -> bool:
+    """Whether the compiled kernels can apply at all: on CPU, in float32 (amp_level O0)."""
+    return config.device_target == "CPU" and config.amp_level == "O0"

@@ -1,0 +1,88 @@
+"""Convolution (stride 1, odd kernel, 'same' padding) with the compiled CPU kernel of src/kernels/conv.cc.
+
+On the small planes of a 32x32 input (8x8 down to 1x1) MindSpore 2.10's CPU convolutions run one
+small oneDNN GEMM per image and take 2-3.6x as long as a single GEMM over the whole batch
+(docs/PERFORMANCE.md, attempt 14). The kernel computes the forward pass and both gradients as
+such batched GEMMs (im2col). ``CompiledConv2d`` is an ``nn.Conv2d`` with the same parameter, so
+checkpoints move freely between the two; its outputs equal MindSpore's up to float32 rounding
+(the sums run in another order).
+
+The library is built on first use by src/compiled_kernels.py. ``create_conv`` falls back to
+``nn.Conv2d`` where that is not possible (no compiler) and for what the kernel does not cover
+(stride 2, even kernels); exported models always use ``nn.Conv2d``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mindspore.nn as nn
+import mindspore.ops as ops
+from mindspore import Tensor
+from mindspore.common.initializer import TruncatedNormal
+
+from src.compiled_kernels import compiled_kernels_apply, kernel_library
+
+# Largest plane (H*W values) a CompiledConv2d computes with the kernel; above it, MindSpore's Conv2D,
+# which is faster on larger planes (docs/PERFORMANCE.md, attempt 15: with the kernel on every plane
+# the 224x224 training step took 3.15 s instead of 2.47 s, and the 32x32 one 100 ms instead of 91).
+MAX_KERNEL_PLANE = 16
+
+
+class CompiledConv2d(nn.Conv2d):
+    """``nn.Conv2d(in, out, kernel_size, pad_mode="same", has_bias=False)``, stride 1, odd kernel, on
+    the compiled CPU kernel (NCHW float32) for inputs of at most ``max_kernel_plane`` values per plane
+    and on MindSpore's own Conv2D above that."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, library: Path,
+                 weight_init=None, max_kernel_plane: int = MAX_KERNEL_PLANE) -> None:
+        if kernel_size % 2 != 1:
+            raise ValueError(f"the compiled convolution needs an odd kernel size, got {kernel_size}")
+        super().__init__(in_channels, out_channels, kernel_size, stride=1, pad_mode="same", has_bias=False,
+                         weight_init=weight_init if weight_init is not None else TruncatedNormal(0.02))
+        self.max_kernel_plane = max_kernel_plane
+
+        # Shape/type functions as plain defs: MindSpore's graph parser rejects some lambdas here.
+        def output_shape(x_shape, w_shape):
+            return [x_shape[0], w_shape[0], x_shape[2], x_shape[3]]
+
+        def input_grad_shape(dy_shape, w_shape):
+            return [dy_shape[0], w_shape[1], dy_shape[2], dy_shape[3]]
+
+        def filter_grad_shape(x_shape, dy_shape, w_shape):
+            return w_shape
+
+        def first_type(first, *others):
+            return first
+
+        input_grad = ops.Custom(f"{library}:ConvGradInput", out_shape=input_grad_shape, out_dtype=first_type,
+                                func_type="aot")
+        filter_grad = ops.Custom(f"{library}:ConvGradFilter", out_shape=filter_grad_shape, out_dtype=first_type,
+                                 func_type="aot")
+
+        def bprop(x, weight, out, dout):
+            return input_grad(dout, weight), filter_grad(x, dout, weight)
+
+        self.compiled_conv = ops.Custom(f"{library}:ConvForward", out_shape=output_shape, out_dtype=first_type,
+                                        func_type="aot", bprop=bprop)
+
+    def construct(self, x: Tensor) -> Tensor:
+        if x.shape[2] * x.shape[3] > self.max_kernel_plane:  # decided when the graph is compiled
+            return self.conv2d(x, self.weight)
+        return self.compiled_conv(x, self.weight)
+
+
+def compiled_conv_wanted(config) -> bool:
+    """The config's ``compiled_conv`` where it applies: on CPU, in float32 (amp_level O0)."""
+    return bool(config.compiled_conv) and compiled_kernels_apply(config)
+
+
+def create_conv(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
+                compiled: bool = False) -> nn.Conv2d:
+    """A 'same'-padded convolution without bias, weights drawn from TruncatedNormal(0.02): the compiled
+    kernel when asked for, available and applicable (stride 1, odd kernel), else nn.Conv2d."""
+    library = kernel_library("conv") if compiled and stride == 1 and kernel_size % 2 == 1 else None
+    if library is not None:
+        return CompiledConv2d(in_channels, out_channels, kernel_size, library)
+    return nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, pad_mode="same", has_bias=False,
+                     weight_init=TruncatedNormal(0.02))

@@ -1,0 +1,540 @@
+// Convolution (stride 1, odd square kernel, 'same' padding, no bias, NCHW, float32) for
+// MindSpore's CPU backend, loaded through ops.Custom(func_type="aot"); see src/conv.py.
+//
+// Why: on the small planes of a 32x32 input (8x8 down to 1x1) MindSpore 2.10's CPU convolutions
+// (oneDNN gemm:jit, one small GEMM per image) take 2-3.6x as long as one GEMM over the whole
+// batch (docs/PERFORMANCE.md, attempt 14). Here every convolution and both of its gradients are
+// one blocked GEMM over a batch of images laid out as columns (im2col):
+//   forward        y(OC, N*H*W)  = w(OC, C*K*K) . col(x)(C*K*K, N*H*W)
+//   input grad     dx = the forward convolution of dy with w' (w' = w with OC and C swapped and
+//                  the taps rotated by 180 degrees), exact for stride 1 and symmetric padding
+//   filter grad    dw(OC, C*K*K) = dy(OC, N*H*W) . col(x)^T
+// Large batches of large planes are taken a few images at a time so that col stays bounded.
+//
+// The GEMM is the usual three-level blocking (panels of B and blocks of A packed into contiguous
+// strips that stay in L2/L1, and a register-blocked micro-kernel of kMR x kNR outputs written with
+// the compiler's vector extensions, so it becomes FMA code for whatever -march=native offers).
+// Work is split between std::threads only when a GEMM is large enough to pay for them (an OpenMP
+// or BLAS thread pool would keep spinning between calls, taking cores from MindSpore's threads).
+//
+// Entry points (the AOT calling convention: inputs then outputs in params):
+//   ConvForward(x[N,C,H,W], w[OC,C,K,K]) -> y[N,OC,H,W]
+//   ConvGradInput(dy[N,OC,H,W], w[OC,C,K,K]) -> dx[N,C,H,W]
+//   ConvGradFilter(x[N,C,H,W], dy[N,OC,H,W], w[OC,C,K,K]) -> dw[OC,C,K,K] (w only gives the shape)
+
+#include <sched.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace {
+
+#if defined(__AVX512F__)
+constexpr int kLanes = 16;
+#elif defined(__AVX__)
+constexpr int kLanes = 8;
+#else
+constexpr int kLanes = 4;
+#endif
+typedef float Vec __attribute__((vector_size(kLanes * sizeof(float))));
+
+constexpr int kMR = 6;               // rows of C per micro-kernel call
+constexpr int kNR = 2 * kLanes;      // columns of C per micro-kernel call (two vectors)
+constexpr int64_t kKC = 256;         // depth of a packed block
+constexpr int64_t kMC = 16 * kMR;    // rows of A per packed block (kMC x kKC stays in L2)
+constexpr int64_t kNC = 512;         // columns of B per pass (kKC x kNC stays in L2)
+constexpr double kFlopsPerPiece = 5e5;        // smaller pieces cost more to hand out than they save
+constexpr double kFlopsSmall = 2e7;           // below this a GEMM is cut into several pieces per thread
+constexpr int64_t kColumnValues = 1 << 21;    // bound on the im2col buffer (floats)
+
+// ---- a small pool of worker threads that sleep (no spinning) between calls ----
+// Waking a sleeping thread takes tens of microseconds on some machines, as long as a small
+// convolution's GEMM. So work is handed out as many small pieces claimed one at a time: the
+// calling thread starts at once and a worker helps with whatever is left when it wakes; the call
+// never waits for a worker that has not started.
+
+class Workers {
+ public:
+  static Workers &Get() {
+    // Never destroyed: its threads end with the process. Rebuilt in a forked child, which
+    // inherits the object but not the threads.
+    static Workers *workers = nullptr;
+    static pid_t owner = 0;
+    static std::mutex create;
+    std::lock_guard<std::mutex> lock(create);
+    if (workers == nullptr || owner != getpid()) {
+      workers = new Workers(UsableCores() - 1);
+      owner = getpid();
+    }
+    return *workers;
+  }
+
+  int64_t Threads() const { return count_ + 1; }
+
+  // Runs task(0) ... task(pieces - 1), each once, in any order, on the calling thread and on the
+  // pool's threads; on the calling thread alone when another call is using the pool (MindSpore
+  // may run kernels concurrently) or when the pool has no threads.
+  void Run(int64_t pieces, const std::function<void(int64_t)> &task) {
+    std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
+    if (!busy.owns_lock() || pieces <= 1 || count_ == 0) {
+      for (int64_t piece = 0; piece < pieces; ++piece) task(piece);
+      return;
+    }
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      task_ = &task;
+      pieces_ = pieces;
+      next_.store(0);
+      open_ = true;
+      ++generation_;
+    }
+    wake_.notify_all();
+    Work();
+    std::unique_lock<std::mutex> lock(mutex_);
+    open_ = false;  // a worker waking from now on finds nothing to do
+    done_.wait(lock, [this] { return active_ == 0; });
+  }
+
+ private:
+  explicit Workers(int count) : count_(std::max(count, 0)) {
+    for (int i = 0; i < count_; ++i) std::thread([this] { Loop(); }).detach();
+  }
+
+  // $GOOGLENET_KERNEL_THREADS if set, else the cores this process may run on.
+  static int UsableCores() {
+    if (const char *wanted = std::getenv("GOOGLENET_KERNEL_THREADS")) {
+      const int threads = std::atoi(wanted);
+      if (threads > 0) return threads;
+    }
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(CPU_COUNT(&set), 1);
+    return static_cast<int>(std::max(std::thread::hardware_concurrency(), 1u));
+  }
+
+  void Work() {
+    for (int64_t piece = next_.fetch_add(1); piece < pieces_; piece = next_.fetch_add(1)) (*task_)(piece);
+  }
+
+  void Loop() {
+    uint64_t seen = 0;
+    std::unique_lock<std::mutex> lock(mutex_);
+    for (;;) {
+      wake_.wait(lock, [&] { return generation_ != seen; });
+      seen = generation_;
+      if (!open_) continue;
+      ++active_;
+      lock.unlock();
+      Work();
+      lock.lock();
+      if (--active_ == 0) done_.notify_one();
+    }
+  }
+
+  const int count_;
+  std::mutex busy_, mutex_;
+  std::condition_variable wake_, done_;
+  const std::function<void(int64_t)> *task_ = nullptr;
+  int64_t pieces_ = 0;
+  std::atomic<int64_t> next_{0};
+  bool open_ = false;
+  int active_ = 0;
+  uint64_t generation_ = 0;
+};
+
+// Pieces per thread when work is shared: enough that a late worker still finds some.
+constexpr int64_t kPiecesPerThread = 4;
+
+// ---- GEMM: C (row-major, leading dimension ldc) = A . B, or C += A . B ----
+
+// A matrix as a base pointer and two strides: element (i, j) at data[i * row + j * col].
+struct Matrix {
+  const float *data;
+  int64_t row, col;
+};
+
+// B (k x n) already packed: panel q (columns [q*kNR, q*kNR + kNR)) at data + q*k*kNR, its row p
+// at + p*kNR (columns past n are zero).
+struct Panels {
+  const float *data;
+  int64_t k;
+  const float *panel(int64_t column) const { return data + column / kNR * k * kNR; }
+};
+
+// Packs rows [i0, i0+m) x depth [p0, p0+kc) of A into strips of kMR rows: strip s holds, for each
+// p, its kMR values of column p (rows past m are zero).
+void PackA(Matrix a, int64_t i0, int64_t m, int64_t p0, int64_t kc, float *out) {
+  for (int64_t s = 0; s < m; s += kMR) {
+    const int64_t rows = std::min<int64_t>(kMR, m - s);
+    float *strip = out + s * kc;
+    if (rows < kMR) std::fill(strip, strip + kMR * kc, 0.0f);
+    for (int64_t i = 0; i < rows; ++i) {
+      const float *src = a.data + (i0 + s + i) * a.row + p0 * a.col;
+      for (int64_t p = 0; p < kc; ++p) strip[p * kMR + i] = src[p * a.col];
+    }
+  }
+}
+
+inline Vec Load(const float *p) {
+  Vec v;
+  std::memcpy(&v, p, sizeof(Vec));
+  return v;
+}
+
+inline void Store(float *p, Vec v) { std::memcpy(p, &v, sizeof(Vec)); }
+
+// C[m x n] (+)= packed A strip (kMR x kc) . packed B strip (kc x kNR); m <= kMR, n <= kNR.
+void MicroKernel(int64_t kc, const float *a, const float *b, float *c, int64_t ldc, int64_t m, int64_t n,
+                 bool accumulate) {
+  Vec acc[kMR][2] = {};
+  for (int64_t p = 0; p < kc; ++p) {
+    const Vec b0 = Load(b), b1 = Load(b + kLanes);
+#pragma GCC unroll 8
+    for (int i = 0; i < kMR; ++i) {
+      acc[i][0] += a[i] * b0;
+      acc[i][1] += a[i] * b1;
+    }
+    a += kMR;
+    b += kNR;
+  }
+  if (m == kMR && n == kNR) {
+#pragma GCC unroll 8
+    for (int i = 0; i < kMR; ++i) {
+      float *row = c + i * ldc;
+      if (accumulate) {
+        Store(row, Load(row) + acc[i][0]);
+        Store(row + kLanes, Load(row + kLanes) + acc[i][1]);
+      } else {
+        Store(row, acc[i][0]);
+        Store(row + kLanes, acc[i][1]);
+      }
+    }
+    return;
+  }
+  alignas(64) float tile[kMR][kNR];
+  for (int i = 0; i < kMR; ++i) {
+    Store(tile[i], acc[i][0]);
+    Store(tile[i] + kLanes, acc[i][1]);
+  }
+  for (int64_t i = 0; i < m; ++i) {
+    float *row = c + i * ldc;
+    for (int64_t j = 0; j < n; ++j) row[j] = accumulate ? row[j] + tile[i][j] : tile[i][j];
+  }
+}
+
+// C[m x n] (+)= A[m x k] . B on one thread; pack_a holds kMC * kKC floats.
+void GemmSerial(int64_t m, int64_t n, Matrix a, Panels b, float *c, int64_t ldc, bool accumulate, float *pack_a) {
+  const int64_t k = b.k;
+  for (int64_t jc = 0; jc < n; jc += kNC) {
+    const int64_t nc = std::min(kNC, n - jc);
+    for (int64_t pc = 0; pc < k; pc += kKC) {
+      const int64_t kc = std::min(kKC, k - pc);
+      for (int64_t ic = 0; ic < m; ic += kMC) {
+        const int64_t mc = std::min(kMC, m - ic);
+        PackA(a, ic, mc, pc, kc, pack_a);
+        for (int64_t jr = jc; jr < jc + nc; jr += kNR) {
+          const float *b_strip = b.panel(jr) + pc * kNR;
+          for (int64_t ir = 0; ir < mc; ir += kMR) {
+            MicroKernel(kc, pack_a + ir * kc, b_strip, c + (ic + ir) * ldc + jr, ldc,
+                        std::min<int64_t>(kMR, mc - ir), std::min<int64_t>(kNR, jc + nc - jr), accumulate || pc > 0);
+          }
+        }
+      }
+    }
+  }
+}
+
+// The same product, its rows (or, for few rows, its columns) cut into pieces for the pool's threads
+// when it is large enough to pay for them.
+void Gemm(int64_t m, int64_t n, Matrix a, Panels b, float *c, int64_t ldc, bool accumulate) {
+  Workers &workers = Workers::Get();
+  const double flops = 2.0 * m * n * b.k;
+  const bool split_rows = m >= 4 * kMR;  // B is packed already: pieces of rows share it
+  const int64_t unit = split_rows ? kMR : kNR, extent = split_rows ? m : n;
+  // Small products in several pieces per thread (a worker that wakes late still finds some);
+  // large ones in one piece per thread, since every piece of rows reads all of B.
+  const int64_t per_thread = flops < kFlopsSmall ? kPiecesPerThread : 1;
+  const int64_t pieces = std::min<int64_t>({workers.Threads() * per_thread,
+                                            std::max<int64_t>(flops / kFlopsPerPiece, 1), (extent + unit - 1) / unit});
+  const int64_t share = ((extent + pieces - 1) / pieces + unit - 1) / unit * unit;
+  workers.Run(pieces, [&](int64_t piece) {
+    const int64_t begin = std::min(piece * share, extent), end = std::min(begin + share, extent);
+    if (begin >= end) return;
+    thread_local std::vector<float> pack_a;  // per thread, kept between calls
+    pack_a.resize(kMC * kKC);
+    if (split_rows) {
+      const Matrix rows{a.data + begin * a.row, a.row, a.col};
+      GemmSerial(end - begin, n, rows, b, c + begin * ldc, ldc, accumulate, pack_a.data());
+    } else {
+      const Panels cols{b.panel(begin), b.k};
+      GemmSerial(m, end - begin, a, cols, c + begin, ldc, accumulate, pack_a.data());
+    }
+  });
+}
+
+// ---- im2col, written straight into the GEMM's packed layout ----
+
+struct ConvShape {
+  int64_t n, c, h, w;  // input
+  int64_t oc, k;       // output channels, kernel size (odd)
+  int64_t plane() const { return h * w; }
+  int64_t depth() const { return c * k * k; }
+};
+
+int64_t PaddedToPanels(int64_t values) { return (values + kNR - 1) / kNR * kNR; }
+
+// The im2col matrix of images [n0, n0 + images): row r = (c*K + ky)*K + kx, column
+// j = b*H*W + y*W + x holds x[n0 + b, c, y + ky - K/2, x + kx - K/2] (0 outside the plane).
+// As the B of forward (depth x cols): Panels with k = depth. Transposed, as the B of the filter
+// gradient (cols x depth): Panels with k = cols.
+// Value (r, j) is source[row_offset[r] + column_offset[j]], where the source is x itself for a
+// 1x1 kernel and a zero-bordered copy of x otherwise: every panel is then filled by gathers of
+// kNR values, which the compiler vectorises, whatever the plane size.
+template <bool Transposed>
+void PackColumns(const float *x, const ConvShape &s, int64_t n0, int64_t images, float *out) {
+  const int64_t pad = s.k / 2, hp = s.h + 2 * pad, wp = s.w + 2 * pad, plane = s.plane();
+  const int64_t cols = images * plane, depth = s.depth(), taps = s.k * s.k;
+  const int64_t image_values = s.c * hp * wp;
+  const float *source = x + n0 * s.c * plane;
+  thread_local std::vector<float> bordered;
+  if (pad > 0) {
+    bordered.assign(images * image_values, 0.0f);
+    for (int64_t plane_index = 0; plane_index < images * s.c; ++plane_index) {
+      const float *src = source + plane_index * plane;
+      float *dst = bordered.data() + plane_index * hp * wp + pad * wp + pad;
+      for (int64_t y = 0; y < s.h; ++y) {
+        for (int64_t xx = 0; xx < s.w; ++xx) dst[y * wp + xx] = src[y * s.w + xx];
+      }
+    }
+    source = bordered.data();
+  }
+  // Offsets padded to whole panels (extra entries read valid memory; their values land in
+  // columns of C that are never written out).
+  thread_local std::vector<int32_t> row_offset, column_offset;
+  row_offset.assign(PaddedToPanels(depth), 0);
+  column_offset.assign(PaddedToPanels(cols), 0);
+  for (int64_t r = 0; r < depth; ++r) {
+    const int64_t ch = r / taps, tap = r % taps;
+    row_offset[r] = static_cast<int32_t>(ch * hp * wp + tap / s.k * wp + tap % s.k);
+  }
+  for (int64_t j = 0; j < cols; ++j) {
+    const int64_t b = j / plane, y = j % plane / s.w, xx = j % s.w;
+    column_offset[j] = static_cast<int32_t>(b * image_values + y * wp + xx);
+  }
+  const int32_t *rows = row_offset.data(), *columns = column_offset.data();
+  const int64_t panels = PaddedToPanels(Transposed ? depth : cols) / kNR;
+  const int64_t pieces = std::min<int64_t>(panels, Workers::Get().Threads() * kPiecesPerThread);
+  Workers::Get().Run(pieces, [&](int64_t piece) {
+    for (int64_t q = piece * panels / pieces; q < (piece + 1) * panels / pieces; ++q) {
+      if (Transposed) {  // panel q: rows [q*kNR, q*kNR + kNR) of im2col, as columns of B
+        const int32_t *panel_rows = rows + q * kNR;
+        float *dst = out + q * cols * kNR;
+        for (int64_t j = 0; j < cols; ++j, dst += kNR) {
+          const float *src = source + columns[j];
+          for (int i = 0; i < kNR; ++i) dst[i] = src[panel_rows[i]];
+        }
+      } else {  // panel q: columns [q*kNR, q*kNR + kNR)
+        const int32_t *panel_columns = columns + q * kNR;
+        float *dst = out + q * depth * kNR;
+        for (int64_t r = 0; r < depth; ++r, dst += kNR) {
+          const float *src = source + rows[r];
+          for (int i = 0; i < kNR; ++i) dst[i] = src[panel_columns[i]];
+        }
+      }
+    }
+  });
+}
+
+// How many images per GEMM: all of them for small planes, fewer when im2col would grow too large.
+int64_t ImagesPerGemm(const ConvShape &s) {
+  const int64_t per_image = s.depth() * s.plane();
+  return std::clamp<int64_t>(kColumnValues / std::max<int64_t>(per_image, 1), 1, s.n);
+}
+
+// The GEMM's (rows, images*plane) matrix as images x rows x plane, and back.
+void MatrixToImages(const float *matrix, int64_t rows, int64_t images, int64_t plane, float *tensor) {
+  for (int64_t i = 0; i < images; ++i) {
+    for (int64_t r = 0; r < rows; ++r) {
+      const float *src = matrix + r * images * plane + i * plane;
+      float *dst = tensor + (i * rows + r) * plane;
+      for (int64_t p = 0; p < plane; ++p) dst[p] = src[p];
+    }
+  }
+}
+
+void ImagesToMatrix(const float *tensor, int64_t rows, int64_t images, int64_t plane, float *matrix) {
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t i = 0; i < images; ++i) {
+      const float *src = tensor + (i * rows + r) * plane;
+      float *dst = matrix + r * images * plane + i * plane;
+      for (int64_t p = 0; p < plane; ++p) dst[p] = src[p];
+    }
+  }
+}
+
+// y[N, OC, H, W] = conv(x, w), w given as the matrix (OC, C*K*K).
+void Convolve(const float *x, Matrix w, const ConvShape &s, float *y) {
+  const int64_t plane = s.plane(), depth = s.depth(), step = ImagesPerGemm(s);
+  thread_local std::vector<float> columns, out;
+  columns.resize(depth * PaddedToPanels(step * plane));
+  for (int64_t n0 = 0; n0 < s.n; n0 += step) {
+    const int64_t images = std::min(step, s.n - n0), cols = images * plane;
+    PackColumns<false>(x, s, n0, images, columns.data());
+    const Panels b{columns.data(), depth};
+    if (images == 1) {  // the GEMM writes the image's output planes in place
+      Gemm(s.oc, cols, w, b, y + n0 * s.oc * plane, cols, false);
+      continue;
+    }
+    out.resize(s.oc * cols);
+    Gemm(s.oc, cols, w, b, out.data(), cols, false);
+    MatrixToImages(out.data(), s.oc, images, plane, y + n0 * s.oc * plane);
+  }
+}
+
+// dw(OC, C*K*K) = sum over images of dy(OC, cols) . im2col(x)^T(cols, C*K*K).
+void FilterGradient(const float *x, const float *dy, const ConvShape &s, float *dw) {
+  const int64_t plane = s.plane(), depth = s.depth(), step = ImagesPerGemm(s);
+  thread_local std::vector<float> columns, dy_cols;
+  columns.resize(PaddedToPanels(depth) * step * plane);
+  for (int64_t n0 = 0; n0 < s.n; n0 += step) {
+    const int64_t images = std::min(step, s.n - n0), cols = images * plane;
+    Matrix a{dy + n0 * s.oc * plane, plane, 1};
+    if (images > 1) {
+      dy_cols.resize(s.oc * cols);
+      ImagesToMatrix(dy + n0 * s.oc * plane, s.oc, images, plane, dy_cols.data());
+      a = Matrix{dy_cols.data(), cols, 1};
+    }
+    PackColumns<true>(x, s, n0, images, columns.data());
+    Gemm(s.oc, depth, a, Panels{columns.data(), cols}, dw, depth, n0 > 0);
+  }
+}
+
+// dx for a K > 1 kernel: dcol(C*K*K, cols) = w^T . dy(OC, cols), then each column of dcol added
+// back to the input position it was gathered from (col2im). The GEMM reads dy as it is, where
+// convolving dy with the flipped filter would first gather OC*K*K rows of it (OC > C in GoogleNet).
+void InputGradient(const float *dy, const float *w, const ConvShape &s, float *dx) {
+  const int64_t pad = s.k / 2, hp = s.h + 2 * pad, wp = s.w + 2 * pad, plane = s.plane();
+  const int64_t depth = s.depth(), taps = s.k * s.k, step = ImagesPerGemm(s);
+  const ConvShape dy_shape{s.n, s.oc, s.h, s.w, 0, 1};
+  thread_local std::vector<float> panels, dcol;
+  panels.resize(s.oc * PaddedToPanels(step * plane));
+  dcol.resize(depth * step * plane);
+  for (int64_t n0 = 0; n0 < s.n; n0 += step) {
+    const int64_t images = std::min(step, s.n - n0), cols = images * plane;
+    PackColumns<false>(dy, dy_shape, n0, images, panels.data());
+    Gemm(depth, cols, Matrix{w, 1, depth}, Panels{panels.data(), s.oc}, dcol.data(), cols, false);
+    const float *gathered = dcol.data();  // thread_local: workers must not name it themselves
+    const int64_t pieces = std::min<int64_t>(s.c, Workers::Get().Threads() * kPiecesPerThread);
+    Workers::Get().Run(pieces, [&](int64_t piece) {
+      thread_local std::vector<float> bordered;  // one channel of the images, zero border
+      for (int64_t ch = piece * s.c / pieces; ch < (piece + 1) * s.c / pieces; ++ch) {
+        bordered.assign(images * hp * wp, 0.0f);
+        for (int64_t tap = 0; tap < taps; ++tap) {
+          const float *src = gathered + (ch * taps + tap) * cols;
+          float *base = bordered.data() + tap / s.k * wp + tap % s.k;
+          for (int64_t b = 0, j = 0; b < images; ++b) {
+            for (int64_t y = 0; y < s.h; ++y, j += s.w) {
+              float *dst = base + b * hp * wp + y * wp;
+              for (int64_t xx = 0; xx < s.w; ++xx) dst[xx] += src[j + xx];
+            }
+          }
+        }
+        for (int64_t b = 0; b < images; ++b) {
+          const float *src = bordered.data() + b * hp * wp + pad * wp + pad;
+          float *dst = dx + ((n0 + b) * s.c + ch) * plane;
+          for (int64_t y = 0; y < s.h; ++y) {
+            for (int64_t xx = 0; xx < s.w; ++xx) dst[y * s.w + xx] = src[y * wp + xx];
+          }
+        }
+      }
+    });
+  }
+}
+
+bool IsFloat32(const char *dtype) { return std::strcmp(dtype, "float32") == 0 || std::strcmp(dtype, "float") == 0; }
+
+// Reads the shape from x[N,C,H,W] and w[OC,C,K,K]; false if they do not describe a supported convolution.
+bool ReadShape(const int64_t *x, const int64_t *w, ConvShape *s) {
+  *s = ConvShape{x[0], x[1], x[2], x[3], w[0], w[2]};
+  return s->n > 0 && s->c > 0 && s->h > 0 && s->w > 0 && s->oc > 0 && w[1] == s->c && w[2] == w[3] &&
+         s->k % 2 == 1;
+}
+
+bool SameShape(int ndim, const int64_t *a, const int64_t *b) { return ndim == 4 && std::equal(a, a + 4, b); }
+
+}  // namespace
+
+extern "C" {
+
+// On a 1x1 plane every tap but the centre one falls on the padding: such a convolution is the
+// 1x1 convolution with the centre taps (the filter read in place, with a stride of K*K).
+int ConvForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
+  if (nparam != 3 || ndims[0] != 4 || ndims[1] != 4 || ndims[2] != 4) return 1;
+  if (!IsFloat32(dtypes[0]) || !IsFloat32(dtypes[1]) || !IsFloat32(dtypes[2])) return 2;
+  ConvShape s{};
+  if (!ReadShape(shapes[0], shapes[1], &s)) return 3;
+  const int64_t expected[4] = {s.n, s.oc, s.h, s.w};
+  if (!SameShape(ndims[2], shapes[2], expected)) return 3;
+  const auto *x = static_cast<const float *>(params[0]);
+  const auto *w = static_cast<const float *>(params[1]);
+  auto *y = static_cast<float *>(params[2]);
+  const int64_t taps = s.k * s.k, centre = taps / 2;
+  if (s.plane() == 1) {
+    Convolve(x, Matrix{w + centre, s.depth(), taps}, ConvShape{s.n, s.c, 1, 1, s.oc, 1}, y);
+  } else {
+    Convolve(x, Matrix{w, s.depth(), 1}, s, y);
+  }
+  return 0;
+}
+
+int ConvGradInput(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
+  if (nparam != 3 || ndims[0] != 4 || ndims[1] != 4 || ndims[2] != 4) return 1;
+  if (!IsFloat32(dtypes[0]) || !IsFloat32(dtypes[1]) || !IsFloat32(dtypes[2])) return 2;
+  ConvShape s{};  // the forward convolution's shape, input = dx
+  if (!ReadShape(shapes[2], shapes[1], &s)) return 3;
+  const int64_t expected[4] = {s.n, s.oc, s.h, s.w};
+  if (!SameShape(ndims[0], shapes[0], expected)) return 3;
+  const auto *dy = static_cast<const float *>(params[0]);
+  const auto *w = static_cast<const float *>(params[1]);
+  auto *dx = static_cast<float *>(params[2]);
+  const int64_t taps = s.k * s.k, centre = taps / 2;
+  if (s.k == 1 || s.plane() == 1) {  // dx = conv(dy, w^T), the (centre of the) filter read transposed
+    Convolve(dy, Matrix{w + centre, taps, s.depth()}, ConvShape{s.n, s.oc, s.h, s.w, s.c, 1}, dx);
+  } else {
+    InputGradient(dy, w, s, dx);
+  }
+  return 0;
+}
+
+int ConvGradFilter(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
+  if (nparam != 4 || ndims[0] != 4 || ndims[1] != 4 || ndims[2] != 4 || ndims[3] != 4) return 1;
+  if (!IsFloat32(dtypes[0]) || !IsFloat32(dtypes[1]) || !IsFloat32(dtypes[3])) return 2;
+  ConvShape s{};
+  if (!ReadShape(shapes[0], shapes[2], &s)) return 3;
+  const int64_t expected[4] = {s.n, s.oc, s.h, s.w};
+  if (!SameShape(ndims[1], shapes[1], expected) || !SameShape(ndims[3], shapes[3], shapes[2])) return 3;
+  const auto *x = static_cast<const float *>(params[0]);
+  const auto *dy = static_cast<const float *>(params[1]);
+  auto *dw = static_cast<float *>(params[3]);
+  const int64_t taps = s.k * s.k, centre = taps / 2;
+  if (s.k == 1 || s.plane() > 1) {
+    FilterGradient(x, dy, s, dw);
+    return 0;
+  }
+  thread_local std::vector<float> centres;  // the only taps that see the plane
+  centres.resize(s.oc * s.c);
+  FilterGradient(x, dy, ConvShape{s.n, s.c, 1, 1, s.oc, 1}, centres.data());
+  std::fill(dw, dw + s.oc * s.depth(), 0.0f);
+  for (int64_t i = 0; i < s.oc * s.c; ++i) dw[i * taps + centre] = centres[i];
+  return 0;
+}
+
+}  // extern "C"

@@ -1,15 +1,17 @@
 """Convolution (stride 1, odd kernel, 'same' padding) with the compiled CPU kernel of src/kernels/conv.cc.
 
-On the small planes of a 32x32 input (8x8 down to 1x1) MindSpore 2.10's CPU convolutions run one
-small oneDNN GEMM per image and take 2-3.6x as long as a single GEMM over the whole batch
-(docs/PERFORMANCE.md, attempt 14). The kernel computes the forward pass and both gradients as
-such batched GEMMs (im2col). ``CompiledConv2d`` is an ``nn.Conv2d`` with the same parameter, so
-checkpoints move freely between the two; its outputs equal MindSpore's up to float32 rounding
-(the sums run in another order).
+MindSpore 2.10's CPU convolutions (oneDNN) work image by image; on the smallest planes of a 32x32
+input (4x4 down to 1x1) that leaves the arithmetic in GEMMs too small to run fast. The kernel
+computes the forward pass and both gradients each as one GEMM over the whole batch (im2col): with it
+on planes of at most 16 values the 32x32 training step is 13-24% shorter (docs/PERFORMANCE.md,
+attempt 15); on larger planes oneDNN is faster, and keeps them. ``CompiledConv2d`` is an
+``nn.Conv2d`` with the same parameter, so checkpoints move freely between the two; its outputs
+equal MindSpore's up to float32 rounding (the sums run in another order).
 
 The library is built on first use by src/compiled_kernels.py. ``create_conv`` falls back to
 ``nn.Conv2d`` where that is not possible (no compiler) and for what the kernel does not cover
-(stride 2, even kernels); exported models always use ``nn.Conv2d``.
+(stride 2, even kernels); exported models always use ``nn.Conv2d``. The kernel's worker threads:
+one per core the process may use, or ``$GOOGLENET_KERNEL_THREADS``.
 """
 
 from __future__ import annotations

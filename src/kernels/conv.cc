@@ -1,21 +1,23 @@
 // Convolution (stride 1, odd square kernel, 'same' padding, no bias, NCHW, float32) for
 // MindSpore's CPU backend, loaded through ops.Custom(func_type="aot"); see src/conv.py.
 //
-// Why: on the small planes of a 32x32 input (8x8 down to 1x1) MindSpore 2.10's CPU convolutions
-// (oneDNN gemm:jit, one small GEMM per image) take 2-3.6x as long as one GEMM over the whole
-// batch (docs/PERFORMANCE.md, attempt 14). Here every convolution and both of its gradients are
-// one blocked GEMM over a batch of images laid out as columns (im2col):
+// Why: MindSpore 2.10's CPU convolutions (oneDNN gemm:jit) work image by image, which on the
+// smallest planes of a 32x32 input (4x4 down to 1x1) leaves GEMMs too small to run fast
+// (docs/PERFORMANCE.md, attempt 15). Here every convolution and both of its gradients are one
+// blocked GEMM over a batch of images laid out as columns (im2col):
 //   forward        y(OC, N*H*W)  = w(OC, C*K*K) . col(x)(C*K*K, N*H*W)
-//   input grad     dx = the forward convolution of dy with w' (w' = w with OC and C swapped and
-//                  the taps rotated by 180 degrees), exact for stride 1 and symmetric padding
+//   input grad     dcol(C*K*K, N*H*W) = w^T . dy, added back into dx (col2im); for a 1x1
+//                  kernel simply the 1x1 convolution of dy with w^T
 //   filter grad    dw(OC, C*K*K) = dy(OC, N*H*W) . col(x)^T
 // Large batches of large planes are taken a few images at a time so that col stays bounded.
 //
 // The GEMM is the usual three-level blocking (panels of B and blocks of A packed into contiguous
 // strips that stay in L2/L1, and a register-blocked micro-kernel of kMR x kNR outputs written with
 // the compiler's vector extensions, so it becomes FMA code for whatever -march=native offers).
-// Work is split between std::threads only when a GEMM is large enough to pay for them (an OpenMP
-// or BLAS thread pool would keep spinning between calls, taking cores from MindSpore's threads).
+// On a 1x1 plane only the centre tap of a K x K kernel sees the input: such convolutions run as
+// 1x1 ones. Work is shared with a pool of worker threads ($GOOGLENET_KERNEL_THREADS, default one
+// per usable core) that sleep between calls (an OpenMP or BLAS pool would keep spinning, taking
+// cores from MindSpore's own threads).
 //
 // Entry points (the AOT calling convention: inputs then outputs in params):
 //   ConvForward(x[N,C,H,W], w[OC,C,K,K]) -> y[N,OC,H,W]
@@ -464,8 +466,13 @@ bool IsFloat32(const char *dtype) { return std::strcmp(dtype, "float32") == 0 ||
 // Reads the shape from x[N,C,H,W] and w[OC,C,K,K]; false if they do not describe a supported convolution.
 bool ReadShape(const int64_t *x, const int64_t *w, ConvShape *s) {
   *s = ConvShape{x[0], x[1], x[2], x[3], w[0], w[2]};
-  return s->n > 0 && s->c > 0 && s->h > 0 && s->w > 0 && s->oc > 0 && w[1] == s->c && w[2] == w[3] &&
-         s->k % 2 == 1;
+  if (s->n <= 0 || s->c <= 0 || s->h <= 0 || s->w <= 0 || s->oc <= 0 || w[1] != s->c || w[2] != w[3] ||
+      s->k % 2 != 1) {
+    return false;
+  }
+  // im2col addresses the (zero-bordered) inputs with int32 offsets.
+  const double values = static_cast<double>(s->n) * std::max(s->c, s->oc) * (s->h + s->k - 1) * (s->w + s->k - 1);
+  return values < INT32_MAX;
 }
 
 bool SameShape(int ndim, const int64_t *a, const int64_t *b) { return ndim == 4 && std::equal(a, a + 4, b); }

@@ -27,7 +27,8 @@ from src.compiled_kernels import compiled_kernels_apply, kernel_library
 
 # Largest plane (H*W values) a CompiledConv2d computes with the kernel; above it, MindSpore's Conv2D,
 # which is faster on larger planes (docs/PERFORMANCE.md, attempt 15: with the kernel on every plane
-# the 224x224 training step took 3.15 s instead of 2.47 s, and the 32x32 one 100 ms instead of 91).
+# the 224x224 training step took 3.15 s instead of 2.47 s; at 32x32, limits of 4, 16 and 64 values
+# could not be told apart).
 MAX_KERNEL_PLANE = 16
 
 

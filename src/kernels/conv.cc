@@ -164,7 +164,8 @@ struct Matrix {
 };
 
 // B (k x n) already packed: panel q (columns [q*kNR, q*kNR + kNR)) at data + q*k*kNR, its row p
-// at + p*kNR (columns past n are zero).
+// at + p*kNR. Columns past n hold whatever the packing read; they only reach columns of C that are
+// never written out.
 struct Panels {
   const float *data;
   int64_t k;
@@ -463,6 +464,16 @@ void InputGradient(const float *dy, const float *w, const ConvShape &s, float *d
 
 bool IsFloat32(const char *dtype) { return std::strcmp(dtype, "float32") == 0 || std::strcmp(dtype, "float") == 0; }
 
+// 0 when the call has `expected` 4-d float32 tensors, else the error code the entry point returns.
+int CheckArguments(int nparam, int expected, const int *ndims, const char **dtypes) {
+  if (nparam != expected) return 1;
+  for (int i = 0; i < expected; ++i) {
+    if (ndims[i] != 4) return 1;
+    if (!IsFloat32(dtypes[i])) return 2;
+  }
+  return 0;
+}
+
 // Reads the shape from x[N,C,H,W] and w[OC,C,K,K]; false if they do not describe a supported convolution.
 bool ReadShape(const int64_t *x, const int64_t *w, ConvShape *s) {
   *s = ConvShape{x[0], x[1], x[2], x[3], w[0], w[2]};
@@ -484,8 +495,7 @@ extern "C" {
 // On a 1x1 plane every tap but the centre one falls on the padding: such a convolution is the
 // 1x1 convolution with the centre taps (the filter read in place, with a stride of K*K).
 int ConvForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
-  if (nparam != 3 || ndims[0] != 4 || ndims[1] != 4 || ndims[2] != 4) return 1;
-  if (!IsFloat32(dtypes[0]) || !IsFloat32(dtypes[1]) || !IsFloat32(dtypes[2])) return 2;
+  if (const int error = CheckArguments(nparam, 3, ndims, dtypes)) return error;
   ConvShape s{};
   if (!ReadShape(shapes[0], shapes[1], &s)) return 3;
   const int64_t expected[4] = {s.n, s.oc, s.h, s.w};
@@ -503,8 +513,7 @@ int ConvForward(int nparam, void **params, int *ndims, int64_t **shapes, const c
 }
 
 int ConvGradInput(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
-  if (nparam != 3 || ndims[0] != 4 || ndims[1] != 4 || ndims[2] != 4) return 1;
-  if (!IsFloat32(dtypes[0]) || !IsFloat32(dtypes[1]) || !IsFloat32(dtypes[2])) return 2;
+  if (const int error = CheckArguments(nparam, 3, ndims, dtypes)) return error;
   ConvShape s{};  // the forward convolution's shape, input = dx
   if (!ReadShape(shapes[2], shapes[1], &s)) return 3;
   const int64_t expected[4] = {s.n, s.oc, s.h, s.w};
@@ -522,8 +531,7 @@ int ConvGradInput(int nparam, void **params, int *ndims, int64_t **shapes, const
 }
 
 int ConvGradFilter(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
-  if (nparam != 4 || ndims[0] != 4 || ndims[1] != 4 || ndims[2] != 4 || ndims[3] != 4) return 1;
-  if (!IsFloat32(dtypes[0]) || !IsFloat32(dtypes[1]) || !IsFloat32(dtypes[3])) return 2;
+  if (const int error = CheckArguments(nparam, 4, ndims, dtypes)) return error;
   ConvShape s{};
   if (!ReadShape(shapes[0], shapes[2], &s)) return 3;
   const int64_t expected[4] = {s.n, s.oc, s.h, s.w};

@@ -16,6 +16,7 @@ one per core the process may use, or ``$GOOGLENET_KERNEL_THREADS``.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import mindspore.nn as nn
@@ -24,6 +25,9 @@ from mindspore import Tensor
 from mindspore.common.initializer import TruncatedNormal
 
 from src.compiled_kernels import compiled_kernels_apply, kernel_library
+from src.errors import UserError
+
+THREADS_VARIABLE = "GOOGLENET_KERNEL_THREADS"
 
 # Largest plane (H*W values) a CompiledConv2d computes with the kernel; above it, MindSpore's Conv2D,
 # which is faster on larger planes (docs/PERFORMANCE.md, attempt 15: with the kernel on every plane
@@ -80,12 +84,21 @@ def compiled_conv_wanted(config) -> bool:
     return bool(config.compiled_conv) and compiled_kernels_apply(config)
 
 
+def check_kernel_threads() -> None:
+    """``$GOOGLENET_KERNEL_THREADS``, when set, must be a positive integer (the kernel reads it once)."""
+    value = os.environ.get(THREADS_VARIABLE, "")
+    if value and not (value.isdigit() and int(value) > 0):
+        raise UserError(f"{THREADS_VARIABLE}={value!r}: expected a positive integer "
+                        "(worker threads of the compiled convolution kernel)")
+
+
 def create_conv(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
                 compiled: bool = False) -> nn.Conv2d:
     """A 'same'-padded convolution without bias, weights drawn from TruncatedNormal(0.02): the compiled
     kernel when asked for, available and applicable (stride 1, odd kernel), else nn.Conv2d."""
     library = kernel_library("conv") if compiled and stride == 1 and kernel_size % 2 == 1 else None
     if library is not None:
+        check_kernel_threads()
         return CompiledConv2d(in_channels, out_channels, kernel_size, library)
     return nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, pad_mode="same", has_bias=False,
                      weight_init=TruncatedNormal(0.02))

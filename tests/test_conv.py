@@ -12,10 +12,20 @@ from mindspore import nn, ops
 
 from src import compiled_kernels, conv
 from src.checkpoint import load_weights
+from src.errors import UserError
 from src.googlenet import create_model, create_model_from_config
 from src.model_utils.config import load_config
 from src.trainer import create_train_model
-from tests.conftest import CPU_CONFIG, REPO, build_kernel, create_with_compiler, script_env
+from tests.conftest import (
+    CPU_CONFIG,
+    REPO,
+    SMALL_CIFAR,
+    assert_user_error,
+    build_kernel,
+    create_with_compiler,
+    run_script,
+    script_env,
+)
 
 EVERY_PLANE = 10**9  # max_kernel_plane that puts every input through the kernel
 
@@ -202,6 +212,27 @@ def test_falls_back_to_mindspores_conv_without_a_compiler(monkeypatch, caplog, t
                                 str(tmp_path / "no-such-compiler"), tmp_path / "cache", monkeypatch, caplog)
     assert type(cell) is nn.Conv2d
     assert "no C++ compiler" in caplog.text and "conv uses MindSpore's own CPU kernels" in caplog.text
+
+
+@pytest.mark.parametrize("value", ["two", "0", "-1", "1.5"])
+def test_a_bad_thread_count_is_a_user_error(library, monkeypatch, value):
+    monkeypatch.setenv("GOOGLENET_KERNEL_CACHE", str(library.parent))
+    monkeypatch.setenv("GOOGLENET_KERNEL_THREADS", value)
+    compiled_kernels.kernel_library.cache_clear()
+    try:
+        with pytest.raises(UserError, match=f"GOOGLENET_KERNEL_THREADS='{value}': expected a positive integer"):
+            conv.create_conv(4, 8, 3, 1, compiled=True)
+        monkeypatch.setenv("GOOGLENET_KERNEL_THREADS", "3")
+        assert isinstance(conv.create_conv(4, 8, 3, 1, compiled=True), conv.CompiledConv2d)
+    finally:
+        compiled_kernels.kernel_library.cache_clear()
+
+
+def test_eval_py_reports_a_bad_thread_count_in_one_line(library, cifar_dir, trained_cifar, tmp_path):
+    result = run_script("eval.py", *SMALL_CIFAR, f"--val_data_path={cifar_dir}",
+                        f"--checkpoint_path={trained_cifar.checkpoint}", cwd=tmp_path, timeout=600,
+                        env=script_env(GOOGLENET_KERNEL_THREADS="many", GOOGLENET_KERNEL_CACHE=str(library.parent)))
+    assert_user_error(result, 1, "GOOGLENET_KERNEL_THREADS='many'", "positive integer")
 
 
 @pytest.mark.parametrize("overrides, wanted", [

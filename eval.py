@@ -11,11 +11,10 @@ import time
 
 import mindspore as ms
 
-from src.checkpoint import load_weights
 from src.CrossEntropySmooth import create_loss
 from src.dataset import create_dataset_from_config
 from src.errors import run_main
-from src.googlenet import create_model_from_config
+from src.googlenet import create_inference_model
 from src.logger import setup_logging
 from src.metrics import create_eval_metrics, split_image_count
 from src.model_utils.config import load_config
@@ -32,8 +31,7 @@ def main() -> None:
     print(config.summary(), flush=True)
 
     dataset = create_dataset_from_config(config, training=False)
-    net = create_model_from_config(config)
-    load_weights(net, config.checkpoint_path)
+    net = create_inference_model(config, config.checkpoint_path)
     model = ms.Model(net, loss_fn=create_loss(config),
                      metrics=create_eval_metrics(config.dataset_name, config.num_classes))
 

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import mindspore.nn as nn
 import mindspore.ops as ops
-from mindspore import Tensor
+import numpy as np
+from mindspore import Parameter, Tensor
 from mindspore.common.initializer import TruncatedNormal
 
 from src.compiled_kernels import compiled_kernels_apply, kernel_library
@@ -47,6 +48,7 @@ class CompiledConv2d(nn.Conv2d):
             raise ValueError(f"the compiled convolution needs an odd kernel size, got {kernel_size}")
         super().__init__(in_channels, out_channels, kernel_size, stride=1, pad_mode="same", has_bias=False,
                          weight_init=weight_init if weight_init is not None else TruncatedNormal(0.02))
+        self.library = library
         self.max_kernel_plane = max_kernel_plane
 
         # Shape/type functions as plain defs: MindSpore's graph parser rejects some lambdas here.
@@ -77,6 +79,39 @@ class CompiledConv2d(nn.Conv2d):
         if x.shape[2] * x.shape[3] > self.max_kernel_plane:  # decided when the graph is compiled
             return self.conv2d(x, self.weight)
         return self.compiled_conv(x, self.weight)
+
+
+class ConvBiasReLU(nn.Cell):
+    """``relu(conv(x, weight) + bias)``, for inference: a convolution with BatchNorm folded into its
+    weight and bias (src/googlenet.py, ``fold_batchnorm``). Made from a ``CompiledConv2d``, it is one
+    call of the compiled kernel on planes of at most ``max_kernel_plane`` values; otherwise MindSpore's
+    Conv2D (the one of ``conv``), BiasAdd and ReLU."""
+
+    def __init__(self, conv: nn.Conv2d, weight: np.ndarray, bias: np.ndarray) -> None:
+        super().__init__()
+        self.weight = Parameter(Tensor(weight), name="weight", requires_grad=False)
+        self.bias = Parameter(Tensor(bias), name="bias", requires_grad=False)
+        self.conv2d = conv.conv2d
+        self.bias_add = ops.BiasAdd()
+        self.relu = ops.ReLU()
+        self.fused = None
+        self.max_kernel_plane = 0
+        if isinstance(conv, CompiledConv2d):
+            self.max_kernel_plane = conv.max_kernel_plane
+
+            def output_shape(x_shape, w_shape, b_shape):
+                return [x_shape[0], w_shape[0], x_shape[2], x_shape[3]]
+
+            def first_type(first, *others):
+                return first
+
+            self.fused = ops.Custom(f"{conv.library}:ConvBiasReluForward", out_shape=output_shape,
+                                    out_dtype=first_type, func_type="aot")
+
+    def construct(self, x: Tensor) -> Tensor:
+        if self.fused is not None and x.shape[2] * x.shape[3] <= self.max_kernel_plane:
+            return self.fused(x, self.weight, self.bias)
+        return self.relu(self.bias_add(self.conv2d(x, self.weight), self.bias))
 
 
 def compiled_conv_wanted(config) -> bool:

@@ -16,10 +16,9 @@ import mindspore.dataset.transforms as T
 import mindspore.dataset.vision as V
 import numpy as np
 
-from src.checkpoint import load_weights
 from src.dataset import eval_transforms
 from src.errors import UserError
-from src.googlenet import create_model_from_config
+from src.googlenet import create_inference_model
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
@@ -115,9 +114,7 @@ def load_classifier(model_path: str, config) -> Classifier:
         raise UserError(f"predict_model '{model_path}' does not exist; give a .ckpt checkpoint or an exported .mindir")
     suffix = path.suffix.lower()
     if suffix == ".ckpt":
-        net = create_model_from_config(config)
-        load_weights(net, path)
-        net.set_train(False)
+        net = create_inference_model(config, str(path))
         return Classifier(lambda x: net(ms.Tensor(x)).asnumpy(), (config.image_height, config.image_width), None,
                           f"checkpoint {path}")
     if suffix == ".mindir":

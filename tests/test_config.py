@@ -76,6 +76,7 @@ def test_booleans(text, expected):
     ("--use_label_smooth=yes", ["use_label_smooth", "True/False"]),
     ("--compiled_max_pool=fast", ["compiled_max_pool", "True/False"]),
     ("--compiled_conv=1x", ["compiled_conv", "True/False"]),
+    ("--fold_batchnorm=maybe", ["fold_batchnorm", "True/False"]),
     ("--lr_epochs=90,60", ["lr_epochs=90,60", "increasing"]),
     ("--lr_epochs=a,b", ["--lr_epochs='a,b'", "list of integers"]),
     ("--dropout_rate=1.0", ["dropout_rate=1.0", "[0, 1)"]),

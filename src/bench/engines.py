@@ -63,28 +63,27 @@ class MindSporeEngine:
 
     def prepare(self, case: Case) -> None:
         ms = self.ms
-        from src.googlenet import create_model_from_config
+        from src.googlenet import create_inference_model, create_model_from_config
         from src.lr_scheduler import create_lr_schedule
         from src.trainer import create_train_model
 
         task, size = case
         config = self.config(size)
         ms.set_seed(config.seed)
-        net = create_model_from_config(config)
         if task == TRAIN_PY_TASK:
-            self.cells[case] = self._train_py(config, net)
+            self.cells[case] = self._train_py(config, create_model_from_config(config))
             return
         rng = np.random.default_rng(0)
         images = ms.Tensor(rng.standard_normal((self.batch, 3, size, size), dtype=np.float32))
         labels = ms.Tensor((np.arange(self.batch) % config.num_classes).astype(np.int32))
         if task == "train":
             # The cell Model.train calls once per step (loss, optimiser, AMP and loss scale of the config).
+            net = create_model_from_config(config)
             cell = create_train_model(config, net, create_lr_schedule(config, 1000))._train_network
             cell.set_train(True)
             self.inputs[case] = (images, labels)
         else:
-            cell = net
-            cell.set_train(False)
+            cell = create_inference_model(config, None)  # as eval.py runs it
             self.inputs[case] = (images,)
         self.cells[case] = cell
 

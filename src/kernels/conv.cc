@@ -362,13 +362,26 @@ int64_t ImagesPerGemm(const ConvShape &s) {
   return std::clamp<int64_t>(kColumnValues / std::max<int64_t>(per_image, 1), 1, s.n);
 }
 
+// What the forward pass does to each output value: nothing, or (inference with BatchNorm folded into
+// the filter) add the channel's bias and apply ReLU.
+struct Epilogue {
+  const float *bias = nullptr;  // [OC], or nullptr: plain convolution
+  void Apply(int64_t channel, float *values, int64_t count) const {
+    if (bias == nullptr) return;
+    const float b = bias[channel];
+    for (int64_t p = 0; p < count; ++p) values[p] = std::max(values[p] + b, 0.0f);
+  }
+};
+
 // The GEMM's (rows, images*plane) matrix as images x rows x plane, and back.
-void MatrixToImages(const float *matrix, int64_t rows, int64_t images, int64_t plane, float *tensor) {
+void MatrixToImages(const float *matrix, int64_t rows, int64_t images, int64_t plane, float *tensor,
+                    const Epilogue &epilogue = {}) {
   for (int64_t i = 0; i < images; ++i) {
     for (int64_t r = 0; r < rows; ++r) {
       const float *src = matrix + r * images * plane + i * plane;
       float *dst = tensor + (i * rows + r) * plane;
       for (int64_t p = 0; p < plane; ++p) dst[p] = src[p];
+      epilogue.Apply(r, dst, plane);
     }
   }
 }
@@ -383,8 +396,8 @@ void ImagesToMatrix(const float *tensor, int64_t rows, int64_t images, int64_t p
   }
 }
 
-// y[N, OC, H, W] = conv(x, w), w given as the matrix (OC, C*K*K).
-void Convolve(const float *x, Matrix w, const ConvShape &s, float *y) {
+// y[N, OC, H, W] = epilogue(conv(x, w)), w given as the matrix (OC, C*K*K).
+void Convolve(const float *x, Matrix w, const ConvShape &s, float *y, const Epilogue &epilogue = {}) {
   const int64_t plane = s.plane(), depth = s.depth(), step = ImagesPerGemm(s);
   thread_local std::vector<float> columns, out;
   columns.resize(depth * PaddedToPanels(step * plane));
@@ -393,12 +406,14 @@ void Convolve(const float *x, Matrix w, const ConvShape &s, float *y) {
     PackColumns<false>(x, s, n0, images, columns.data());
     const Panels b{columns.data(), depth};
     if (images == 1) {  // the GEMM writes the image's output planes in place
-      Gemm(s.oc, cols, w, b, y + n0 * s.oc * plane, cols, false);
+      float *image = y + n0 * s.oc * plane;
+      Gemm(s.oc, cols, w, b, image, cols, false);
+      for (int64_t ch = 0; ch < s.oc; ++ch) epilogue.Apply(ch, image + ch * plane, plane);
       continue;
     }
     out.resize(s.oc * cols);
     Gemm(s.oc, cols, w, b, out.data(), cols, false);
-    MatrixToImages(out.data(), s.oc, images, plane, y + n0 * s.oc * plane);
+    MatrixToImages(out.data(), s.oc, images, plane, y + n0 * s.oc * plane, epilogue);
   }
 }
 
@@ -464,11 +479,12 @@ void InputGradient(const float *dy, const float *w, const ConvShape &s, float *d
 
 bool IsFloat32(const char *dtype) { return std::strcmp(dtype, "float32") == 0 || std::strcmp(dtype, "float") == 0; }
 
-// 0 when the call has `expected` 4-d float32 tensors, else the error code the entry point returns.
-int CheckArguments(int nparam, int expected, const int *ndims, const char **dtypes) {
-  if (nparam != expected) return 1;
-  for (int i = 0; i < expected; ++i) {
-    if (ndims[i] != 4) return 1;
+// 0 when the call has float32 tensors of the ranks given as digits ("444": three 4-d tensors), else
+// the error code the entry point returns.
+int CheckArguments(int nparam, const char *ranks, const int *ndims, const char **dtypes) {
+  if (nparam != static_cast<int>(std::strlen(ranks))) return 1;
+  for (int i = 0; i < nparam; ++i) {
+    if (ndims[i] != ranks[i] - '0') return 1;
     if (!IsFloat32(dtypes[i])) return 2;
   }
   return 0;
@@ -488,32 +504,48 @@ bool ReadShape(const int64_t *x, const int64_t *w, ConvShape *s) {
 
 bool SameShape(int ndim, const int64_t *a, const int64_t *b) { return ndim == 4 && std::equal(a, a + 4, b); }
 
+// On a 1x1 plane every tap but the centre one falls on the padding: such a convolution is the
+// 1x1 convolution with the centre taps (the filter read in place, with a stride of K*K).
+void Forward(const float *x, const float *w, const ConvShape &s, float *y, const Epilogue &epilogue) {
+  const int64_t taps = s.k * s.k, centre = taps / 2;
+  if (s.plane() == 1) {
+    Convolve(x, Matrix{w + centre, s.depth(), taps}, ConvShape{s.n, s.c, 1, 1, s.oc, 1}, y, epilogue);
+  } else {
+    Convolve(x, Matrix{w, s.depth(), 1}, s, y, epilogue);
+  }
+}
+
 }  // namespace
 
 extern "C" {
 
-// On a 1x1 plane every tap but the centre one falls on the padding: such a convolution is the
-// 1x1 convolution with the centre taps (the filter read in place, with a stride of K*K).
 int ConvForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
-  if (const int error = CheckArguments(nparam, 3, ndims, dtypes)) return error;
+  if (const int error = CheckArguments(nparam, "444", ndims, dtypes)) return error;
   ConvShape s{};
   if (!ReadShape(shapes[0], shapes[1], &s)) return 3;
   const int64_t expected[4] = {s.n, s.oc, s.h, s.w};
   if (!SameShape(ndims[2], shapes[2], expected)) return 3;
-  const auto *x = static_cast<const float *>(params[0]);
-  const auto *w = static_cast<const float *>(params[1]);
-  auto *y = static_cast<float *>(params[2]);
-  const int64_t taps = s.k * s.k, centre = taps / 2;
-  if (s.plane() == 1) {
-    Convolve(x, Matrix{w + centre, s.depth(), taps}, ConvShape{s.n, s.c, 1, 1, s.oc, 1}, y);
-  } else {
-    Convolve(x, Matrix{w, s.depth(), 1}, s, y);
-  }
+  Forward(static_cast<const float *>(params[0]), static_cast<const float *>(params[1]), s,
+          static_cast<float *>(params[2]), Epilogue{});
+  return 0;
+}
+
+// relu(conv(x, w) + bias[OC]): a convolution with BatchNorm folded into it (w and bias), and ReLU,
+// for inference.
+int ConvBiasReluForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
+                        void *) {
+  if (const int error = CheckArguments(nparam, "4414", ndims, dtypes)) return error;
+  ConvShape s{};
+  if (!ReadShape(shapes[0], shapes[1], &s)) return 3;
+  const int64_t expected[4] = {s.n, s.oc, s.h, s.w};
+  if (shapes[2][0] != s.oc || !SameShape(ndims[3], shapes[3], expected)) return 3;
+  Forward(static_cast<const float *>(params[0]), static_cast<const float *>(params[1]), s,
+          static_cast<float *>(params[3]), Epilogue{static_cast<const float *>(params[2])});
   return 0;
 }
 
 int ConvGradInput(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
-  if (const int error = CheckArguments(nparam, 3, ndims, dtypes)) return error;
+  if (const int error = CheckArguments(nparam, "444", ndims, dtypes)) return error;
   ConvShape s{};  // the forward convolution's shape, input = dx
   if (!ReadShape(shapes[2], shapes[1], &s)) return 3;
   const int64_t expected[4] = {s.n, s.oc, s.h, s.w};
@@ -531,7 +563,7 @@ int ConvGradInput(int nparam, void **params, int *ndims, int64_t **shapes, const
 }
 
 int ConvGradFilter(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
-  if (const int error = CheckArguments(nparam, 4, ndims, dtypes)) return error;
+  if (const int error = CheckArguments(nparam, "4444", ndims, dtypes)) return error;
   ConvShape s{};
   if (!ReadShape(shapes[0], shapes[2], &s)) return 3;
   const int64_t expected[4] = {s.n, s.oc, s.h, s.w};

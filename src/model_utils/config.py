@@ -56,6 +56,7 @@ SCHEMA: dict[str, Any] = {
     "dropout_rate": float,
     "compiled_max_pool": bool,
     "compiled_conv": bool,
+    "fold_batchnorm": bool,
     # training
     "pre_trained": str,
     "epoch_size": int,

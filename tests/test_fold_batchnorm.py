@@ -1,0 +1,114 @@
+"""BatchNorm folded into the convolutions for inference (src/googlenet.py fold_batchnorm, the
+ConvBiasReluForward entry of src/kernels/conv.cc): the same function as the unfolded network."""
+
+from __future__ import annotations
+
+import functools
+
+import mindspore as ms
+import numpy as np
+import pytest
+from mindspore import nn
+
+from src import compiled_kernels, conv
+from src.googlenet import Conv2dBlock, create_inference_model, create_model, fold_batchnorm
+from src.model_utils.config import load_config
+from tests.conftest import CPU_CONFIG, build_kernel
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory):
+    return build_kernel("conv", tmp_path_factory.mktemp("kernel_cache"))
+
+
+@pytest.fixture
+def kernel_cache(library, monkeypatch):
+    monkeypatch.setenv("GOOGLENET_KERNEL_CACHE", str(library.parent))
+    compiled_kernels.kernel_library.cache_clear()
+    yield library
+    compiled_kernels.kernel_library.cache_clear()
+
+
+def _trained_statistics(net: nn.Cell, seed: int) -> None:
+    """BatchNorm parameters as after training (the initial ones fold into nearly nothing)."""
+    rng = np.random.default_rng(seed)
+    for name, param in net.parameters_and_names():
+        if name.endswith(("moving_mean", "beta")):
+            param.set_data(ms.Tensor(rng.normal(0, 0.2, param.shape).astype(np.float32)))
+        elif name.endswith(("moving_variance", "gamma")):
+            param.set_data(ms.Tensor(rng.uniform(0.3, 2.0, param.shape).astype(np.float32)))
+
+
+def _assert_close(got: np.ndarray, expected: np.ndarray, what: str, tolerance: float = 2e-5) -> None:
+    assert got.shape == expected.shape, what
+    assert np.abs(expected).max() > 0, what  # ReLU must not have zeroed everything
+    error = float(np.abs(got - expected).max()) / float(np.abs(expected).max())
+    assert error < tolerance, (what, error)
+
+
+# (batch, in, out, kernel, height, width): through the compiled kernel a 1x1 plane (centre tap only),
+# a 4x4 plane, one image (the kernel's GEMM writes it in place); above the kernel's plane limit,
+# MindSpore's Conv2D + BiasAdd + ReLU.
+BLOCK_SHAPES = [(32, 48, 40, 3, 1, 1), (4, 24, 36, 3, 4, 4), (1, 8, 12, 1, 3, 3), (2, 8, 12, 3, 6, 6)]
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["mindspore", "kernel"])
+@pytest.mark.parametrize("shape", BLOCK_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_a_folded_block_computes_what_the_block_computes(kernel_cache, compiled, shape):
+    ms.set_context(mode=ms.GRAPH_MODE)
+    batch, in_channels, out_channels, kernel, height, width = shape
+    block = Conv2dBlock(in_channels, out_channels, kernel, conv=functools.partial(conv.create_conv, compiled=compiled))
+    assert isinstance(block.conv, conv.CompiledConv2d) == compiled
+    _trained_statistics(block, seed=sum(shape))
+    block.set_train(False)
+    folded = block.folded()
+    folded.set_train(False)
+    assert (folded.fused is not None) == compiled
+    x = ms.Tensor(np.random.default_rng(1).standard_normal((batch, in_channels, height, width)).astype(np.float32))
+    _assert_close(folded(x).asnumpy(), block(x).asnumpy(), "output")
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["mindspore", "kernel"])
+def test_the_folded_network_equals_the_network(kernel_cache, compiled, tmp_path):
+    """32x32 input, a checkpoint with trained-looking BatchNorm statistics, loaded as eval.py loads it:
+    the feature map before the classifier is the same with and without folding."""
+    ms.set_context(mode=ms.GRAPH_MODE)
+    source = create_model(10, compiled_conv=compiled)
+    _trained_statistics(source, seed=3)
+    checkpoint = tmp_path / "net.ckpt"
+    ms.save_checkpoint(source, str(checkpoint))
+    overrides = [f"--config_path={CPU_CONFIG}", "--image_height=32", "--image_width=32", f"--compiled_conv={compiled}"]
+    plain = create_inference_model(load_config([*overrides, "--fold_batchnorm=False"]), str(checkpoint))
+    folded = create_inference_model(load_config([*overrides, "--fold_batchnorm=True"]), str(checkpoint))
+    plain.include_top = folded.include_top = False
+
+    cells = [cell for _, cell in folded.cells_and_names()]
+    assert not any(isinstance(cell, (Conv2dBlock, nn.BatchNorm2d)) for cell in cells)
+    assert sum(isinstance(cell, conv.ConvBiasReLU) for cell in cells) == 57
+    assert sum(isinstance(cell, conv.ConvBiasReLU) and cell.fused is not None for cell in cells) == (56 if compiled else 0)
+    names = [param.name for param in folded.get_parameters()]
+    assert names == [name for name, _ in folded.parameters_and_names()]  # full, hence unique, names
+    assert "inception4e.branch2.1.bias" in names and len(names) == 57 * 2 + 2
+
+    x = ms.Tensor(np.random.default_rng(4).standard_normal((4, 3, 32, 32)).astype(np.float32))
+    _assert_close(folded(x).asnumpy(), plain(x).asnumpy(), "feature map", tolerance=1e-4)
+
+
+def test_the_config_decides_and_the_log_says_so(kernel_cache, caplog):
+    config = load_config([f"--config_path={CPU_CONFIG}"])
+    with caplog.at_level("INFO", logger="googlenet"):
+        net = create_inference_model(config, None)
+    assert isinstance(net.conv2, conv.ConvBiasReLU) and not net.training
+    assert "inference: BatchNorm folded into the convolutions" in caplog.text
+    caplog.clear()
+    config = load_config([f"--config_path={CPU_CONFIG}", "--fold_batchnorm=False"])
+    with caplog.at_level("INFO", logger="googlenet"):
+        net = create_inference_model(config, None)
+    assert isinstance(net.conv2, Conv2dBlock) and not net.training
+    assert "BatchNorm folded" not in caplog.text
+
+
+def test_fold_batchnorm_returns_the_network_it_changed(kernel_cache):
+    net = create_model(10)
+    assert fold_batchnorm(net) is net
+    assert isinstance(net.inception3a.branch4[1], conv.ConvBiasReLU)

@@ -14,8 +14,10 @@
 // The GEMM is the usual three-level blocking (panels of B and blocks of A packed into contiguous
 // strips that stay in L2/L1, and a register-blocked micro-kernel of kMR x kNR outputs written with
 // the compiler's vector extensions, so it becomes FMA code for whatever -march=native offers).
-// On a 1x1 plane only the centre tap of a K x K kernel sees the input: such convolutions run as
-// 1x1 ones. Work is shared with a pool of worker threads ($GOOGLENET_KERNEL_THREADS, default one
+// Where a K x K window centred on any output covers the whole plane (1x1 planes; up to 2x2 for a
+// 3x3 kernel) the forward pass and the input gradient run as dense maps between whole images, which
+// skips the taps that fall on the padding; the filter gradient does so on 1x1 planes (the centre
+// tap only). Work is shared with a pool of worker threads ($GOOGLENET_KERNEL_THREADS, default one
 // per usable core) that sleep between calls (an OpenMP or BLAS pool would keep spinning, taking
 // cores from MindSpore's own threads).
 //
@@ -157,10 +159,17 @@ constexpr int64_t kPiecesPerThread = 4;
 
 // ---- GEMM: C (row-major, leading dimension ldc) = A . B, or C += A . B ----
 
-// A matrix as a base pointer and two strides: element (i, j) at data[i * row + j * col].
+// A matrix read in place: element (i, j) at data[i * row + j * col], or, with offset tables, at
+// data[row_offsets[i] + col_offsets[j]].
 struct Matrix {
   const float *data;
   int64_t row, col;
+  const int64_t *row_offsets = nullptr, *col_offsets = nullptr;
+  const float *Row(int64_t i) const { return data + (row_offsets ? row_offsets[i] : i * row); }
+  // The same matrix from row i on.
+  Matrix From(int64_t i) const {
+    return row_offsets ? Matrix{data, row, col, row_offsets + i, col_offsets} : Matrix{Row(i), row, col};
+  }
 };
 
 // B (k x n) already packed: panel q (columns [q*kNR, q*kNR + kNR)) at data + q*k*kNR, its row p
@@ -180,8 +189,12 @@ void PackA(Matrix a, int64_t i0, int64_t m, int64_t p0, int64_t kc, float *out) 
     float *strip = out + s * kc;
     if (rows < kMR) std::fill(strip, strip + kMR * kc, 0.0f);
     for (int64_t i = 0; i < rows; ++i) {
-      const float *src = a.data + (i0 + s + i) * a.row + p0 * a.col;
-      for (int64_t p = 0; p < kc; ++p) strip[p * kMR + i] = src[p * a.col];
+      const float *src = a.Row(i0 + s + i);
+      if (a.col_offsets != nullptr) {
+        for (int64_t p = 0; p < kc; ++p) strip[p * kMR + i] = src[a.col_offsets[p0 + p]];
+      } else {
+        for (int64_t p = 0; p < kc; ++p) strip[p * kMR + i] = src[(p0 + p) * a.col];
+      }
     }
   }
 }
@@ -274,7 +287,7 @@ void Gemm(int64_t m, int64_t n, Matrix a, Panels b, float *c, int64_t ldc, bool 
     thread_local std::vector<float> pack_a;  // per thread, kept between calls
     pack_a.resize(kMC * kKC);
     if (split_rows) {
-      const Matrix rows{a.data + begin * a.row, a.row, a.col};
+      const Matrix rows = a.From(begin);
       GemmSerial(end - begin, n, rows, b, c + begin * ldc, ldc, accumulate, pack_a.data());
     } else {
       const Panels cols{b.panel(begin), b.k};
@@ -362,26 +375,13 @@ int64_t ImagesPerGemm(const ConvShape &s) {
   return std::clamp<int64_t>(kColumnValues / std::max<int64_t>(per_image, 1), 1, s.n);
 }
 
-// What the forward pass does to each output value: nothing, or (inference with BatchNorm folded into
-// the filter) add the channel's bias and apply ReLU.
-struct Epilogue {
-  const float *bias = nullptr;  // [OC], or nullptr: plain convolution
-  void Apply(int64_t channel, float *values, int64_t count) const {
-    if (bias == nullptr) return;
-    const float b = bias[channel];
-    for (int64_t p = 0; p < count; ++p) values[p] = std::max(values[p] + b, 0.0f);
-  }
-};
-
 // The GEMM's (rows, images*plane) matrix as images x rows x plane, and back.
-void MatrixToImages(const float *matrix, int64_t rows, int64_t images, int64_t plane, float *tensor,
-                    const Epilogue &epilogue = {}) {
+void MatrixToImages(const float *matrix, int64_t rows, int64_t images, int64_t plane, float *tensor) {
   for (int64_t i = 0; i < images; ++i) {
     for (int64_t r = 0; r < rows; ++r) {
       const float *src = matrix + r * images * plane + i * plane;
       float *dst = tensor + (i * rows + r) * plane;
       for (int64_t p = 0; p < plane; ++p) dst[p] = src[p];
-      epilogue.Apply(r, dst, plane);
     }
   }
 }
@@ -396,8 +396,8 @@ void ImagesToMatrix(const float *tensor, int64_t rows, int64_t images, int64_t p
   }
 }
 
-// y[N, OC, H, W] = epilogue(conv(x, w)), w given as the matrix (OC, C*K*K).
-void Convolve(const float *x, Matrix w, const ConvShape &s, float *y, const Epilogue &epilogue = {}) {
+// y[N, OC, H, W] = conv(x, w), w given as the matrix (OC, C*K*K).
+void Convolve(const float *x, Matrix w, const ConvShape &s, float *y) {
   const int64_t plane = s.plane(), depth = s.depth(), step = ImagesPerGemm(s);
   thread_local std::vector<float> columns, out;
   columns.resize(depth * PaddedToPanels(step * plane));
@@ -406,14 +406,12 @@ void Convolve(const float *x, Matrix w, const ConvShape &s, float *y, const Epil
     PackColumns<false>(x, s, n0, images, columns.data());
     const Panels b{columns.data(), depth};
     if (images == 1) {  // the GEMM writes the image's output planes in place
-      float *image = y + n0 * s.oc * plane;
-      Gemm(s.oc, cols, w, b, image, cols, false);
-      for (int64_t ch = 0; ch < s.oc; ++ch) epilogue.Apply(ch, image + ch * plane, plane);
+      Gemm(s.oc, cols, w, b, y + n0 * s.oc * plane, cols, false);
       continue;
     }
     out.resize(s.oc * cols);
     Gemm(s.oc, cols, w, b, out.data(), cols, false);
-    MatrixToImages(out.data(), s.oc, images, plane, y + n0 * s.oc * plane, epilogue);
+    MatrixToImages(out.data(), s.oc, images, plane, y + n0 * s.oc * plane);
   }
 }
 
@@ -504,14 +502,48 @@ bool ReadShape(const int64_t *x, const int64_t *w, ConvShape *s) {
 
 bool SameShape(int ndim, const int64_t *a, const int64_t *b) { return ndim == 4 && std::equal(a, a + 4, b); }
 
-// On a 1x1 plane every tap but the centre one falls on the padding: such a convolution is the
-// 1x1 convolution with the centre taps (the filter read in place, with a stride of K*K).
-void Forward(const float *x, const float *w, const ConvShape &s, float *y, const Epilogue &epilogue) {
-  const int64_t taps = s.k * s.k, centre = taps / 2;
-  if (s.plane() == 1) {
-    Convolve(x, Matrix{w + centre, s.depth(), taps}, ConvShape{s.n, s.c, 1, 1, s.oc, 1}, y, epilogue);
+// ---- planes a K x K window covers whole from every output (H, W <= K/2 + 1) ----
+// There a 'same' convolution is a dense map from an image's C*P inputs to its OC*P outputs (P = H*W)
+// that skips the taps falling on the padding (im2col would multiply 8 zeros of 9 on a 1x1 plane, 5
+// of 9 on a 2x2 one): y(OC*P, N) = W(OC*P, C*P) . x(C*P, N), each image a column, with
+// W((oc, p), (c, q)) = w[oc, c, tap(p, q)], tap(p, q) = (K*qy + qx) - (K*py + px) + centre, the
+// filter read in place through offset tables.
+bool CoversPlane(const ConvShape &s) { return s.h <= s.k / 2 + 1 && s.w <= s.k / 2 + 1; }
+
+struct DenseFilter {
+  std::vector<int64_t> outputs, inputs;  // offsets of rows (oc, p) and columns (c, q) of W in w
+  explicit DenseFilter(const ConvShape &s) : outputs(s.oc * s.plane()), inputs(s.c * s.plane()) {
+    const int64_t plane = s.plane(), taps = s.k * s.k, centre = taps / 2;
+    for (int64_t p = 0; p < plane; ++p) {
+      const int64_t position = s.k * (p / s.w) + p % s.w;  // >= 0: p lies within the centre's reach
+      for (int64_t oc = 0; oc < s.oc; ++oc) outputs[oc * plane + p] = oc * s.c * taps + centre - position;
+      for (int64_t c = 0; c < s.c; ++c) inputs[c * plane + p] = c * taps + position;
+    }
+  }
+  Matrix Forward(const float *w) const { return Matrix{w, 0, 0, outputs.data(), inputs.data()}; }
+  Matrix Transposed(const float *w) const { return Matrix{w, 0, 0, inputs.data(), outputs.data()}; }
+};
+
+// The tensors of a covered-plane convolution as N images of C*P (or OC*P) channels of one value.
+ConvShape AsDense(const ConvShape &s, int64_t in_channels, int64_t out_channels) {
+  return ConvShape{s.n, in_channels * s.plane(), 1, 1, out_channels * s.plane(), 1};
+}
+
+// Inference with BatchNorm folded into the filter: y = relu(y + bias[channel]).
+void AddBiasRelu(const float *bias, const ConvShape &s, float *y) {
+  const int64_t plane = s.plane();
+  for (int64_t i = 0; i < s.n * s.oc; ++i) {
+    const float b = bias[i % s.oc];
+    float *values = y + i * plane;
+    for (int64_t p = 0; p < plane; ++p) values[p] = std::max(values[p] + b, 0.0f);
+  }
+}
+
+void Forward(const float *x, const float *w, const ConvShape &s, float *y) {
+  if (CoversPlane(s)) {
+    Convolve(x, DenseFilter(s).Forward(w), AsDense(s, s.c, s.oc), y);
   } else {
-    Convolve(x, Matrix{w, s.depth(), 1}, s, y, epilogue);
+    Convolve(x, Matrix{w, s.depth(), 1}, s, y);
   }
 }
 
@@ -526,7 +558,7 @@ int ConvForward(int nparam, void **params, int *ndims, int64_t **shapes, const c
   const int64_t expected[4] = {s.n, s.oc, s.h, s.w};
   if (!SameShape(ndims[2], shapes[2], expected)) return 3;
   Forward(static_cast<const float *>(params[0]), static_cast<const float *>(params[1]), s,
-          static_cast<float *>(params[2]), Epilogue{});
+          static_cast<float *>(params[2]));
   return 0;
 }
 
@@ -539,8 +571,9 @@ int ConvBiasReluForward(int nparam, void **params, int *ndims, int64_t **shapes,
   if (!ReadShape(shapes[0], shapes[1], &s)) return 3;
   const int64_t expected[4] = {s.n, s.oc, s.h, s.w};
   if (shapes[2][0] != s.oc || !SameShape(ndims[3], shapes[3], expected)) return 3;
-  Forward(static_cast<const float *>(params[0]), static_cast<const float *>(params[1]), s,
-          static_cast<float *>(params[3]), Epilogue{static_cast<const float *>(params[2])});
+  auto *y = static_cast<float *>(params[3]);
+  Forward(static_cast<const float *>(params[0]), static_cast<const float *>(params[1]), s, y);
+  AddBiasRelu(static_cast<const float *>(params[2]), s, y);
   return 0;
 }
 
@@ -553,9 +586,10 @@ int ConvGradInput(int nparam, void **params, int *ndims, int64_t **shapes, const
   const auto *dy = static_cast<const float *>(params[0]);
   const auto *w = static_cast<const float *>(params[1]);
   auto *dx = static_cast<float *>(params[2]);
-  const int64_t taps = s.k * s.k, centre = taps / 2;
-  if (s.k == 1 || s.plane() == 1) {  // dx = conv(dy, w^T), the (centre of the) filter read transposed
-    Convolve(dy, Matrix{w + centre, taps, s.depth()}, ConvShape{s.n, s.oc, s.h, s.w, s.c, 1}, dx);
+  if (CoversPlane(s)) {  // dx(C*P, N) = W^T . dy(OC*P, N)
+    Convolve(dy, DenseFilter(s).Transposed(w), AsDense(s, s.oc, s.c), dx);
+  } else if (s.k == 1) {  // dx = conv(dy, w^T), the filter read transposed
+    Convolve(dy, Matrix{w, 1, s.c}, ConvShape{s.n, s.oc, s.h, s.w, s.c, 1}, dx);
   } else {
     InputGradient(dy, w, s, dx);
   }

@@ -2,7 +2,8 @@
 
 MindSpore 2.10's CPU convolutions (oneDNN) work image by image; on the smallest planes of a 32x32
 input (4x4 down to 1x1) that leaves the arithmetic in GEMMs too small to run fast. The kernel
-computes the forward pass and both gradients each as one GEMM over the whole batch (im2col): with it
+computes the forward pass and both gradients each as one GEMM over the whole batch (im2col; on
+planes the kernel window covers whole, a dense map that skips the padding taps): with it
 on planes of at most 16 values the 32x32 training step is 13-24% shorter (docs/PERFORMANCE.md,
 attempt 15); on larger planes oneDNN is faster, and keeps them. ``CompiledConv2d`` is an
 ``nn.Conv2d`` with the same parameter, so checkpoints move freely between the two; its outputs

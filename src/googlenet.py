@@ -138,7 +138,9 @@ class GoogleNet(nn.Cell):
 def fold_batchnorm(net: nn.Cell) -> nn.Cell:
     """For inference only: every Conv2dBlock of ``net`` replaced, in place, by its ``folded()`` form
     (one operation fewer per convolution, and one kernel call on the compiled kernel's planes).
-    Call it after the weights are loaded; the result cannot be trained. Returns ``net``."""
+    Call it after the weights are loaded and before the network's first call (graph mode compiles a
+    cell once; a network already run keeps its compiled graph). The result cannot be trained. Returns
+    ``net``."""
     _fold_children(net)
     # Cells put in after construction know only their own attribute name: give every parameter its
     # full name again (MindSpore wants them unique).

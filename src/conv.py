@@ -1,4 +1,4 @@
-"""Convolution (stride 1, odd kernel, 'same' padding) with the compiled CPU kernel of src/kernels/conv.cc.
+"""Convolution (odd kernel, 'same' padding) with the compiled CPU kernel of src/kernels/conv.cc.
 
 MindSpore 2.10's CPU convolutions (oneDNN) work image by image; on the smallest planes of a 32x32
 input (4x4 down to 1x1) that leaves the arithmetic in GEMMs too small to run fast. The kernel
@@ -7,17 +7,20 @@ planes the kernel window covers whole, a dense map that skips the padding taps):
 on planes of at most 16 values the 32x32 training step is 13-24% shorter (docs/PERFORMANCE.md,
 attempt 15); on larger planes oneDNN is faster, and keeps them. ``CompiledConv2d`` is an
 ``nn.Conv2d`` with the same parameter, so checkpoints move freely between the two; its outputs
-equal MindSpore's up to float32 rounding (the sums run in another order).
+equal MindSpore's up to float32 rounding (the sums run in another order). Stride-2 convolutions (conv1)
+have no gradient in the kernel: their ``CompiledConv2d`` is MindSpore's Conv2D, and the kernel runs only
+their folded inference form, ``ConvBiasReLU`` (attempt 19).
 
 The library is built on first use by src/compiled_kernels.py. ``create_conv`` falls back to
 ``nn.Conv2d`` where that is not possible (no compiler) and for what the kernel does not cover
-(stride 2, even kernels); exported models always use ``nn.Conv2d``. The kernel's worker threads:
+(even kernels, strides above 2); exported models always use ``nn.Conv2d``. The kernel's worker threads:
 one per core the process may use, or ``$GOOGLENET_KERNEL_THREADS``.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import mindspore.nn as nn
@@ -39,18 +42,21 @@ MAX_KERNEL_PLANE = 16
 
 
 class CompiledConv2d(nn.Conv2d):
-    """``nn.Conv2d(in, out, kernel_size, pad_mode="same", has_bias=False)``, stride 1, odd kernel, on
-    the compiled CPU kernel (NCHW float32) for inputs of at most ``max_kernel_plane`` values per plane
-    and on MindSpore's own Conv2D above that."""
+    """``nn.Conv2d(in, out, kernel_size, stride, pad_mode="same", has_bias=False)``, odd kernel, on the
+    compiled CPU kernel (NCHW float32) for inputs of at most ``max_kernel_plane`` values per plane and on
+    MindSpore's own Conv2D above that. The kernel's gradients are stride-1 only: with stride 2 this
+    cell always runs MindSpore's Conv2D, and the kernel only its folded inference form (ConvBiasReLU)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, library: Path,
-                 weight_init=None, max_kernel_plane: int = MAX_KERNEL_PLANE) -> None:
-        if kernel_size % 2 != 1:
-            raise ValueError(f"the compiled convolution needs an odd kernel size, got {kernel_size}")
-        super().__init__(in_channels, out_channels, kernel_size, stride=1, pad_mode="same", has_bias=False,
+                 weight_init=None, max_kernel_plane: int = MAX_KERNEL_PLANE, stride: int = 1) -> None:
+        if kernel_size % 2 != 1 or stride not in (1, 2):
+            raise ValueError(f"the compiled convolution needs an odd kernel and stride 1 or 2, got {kernel_size}, "
+                             f"{stride}")
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, pad_mode="same", has_bias=False,
                          weight_init=weight_init if weight_init is not None else TruncatedNormal(0.02))
         self.library = library
-        self.max_kernel_plane = max_kernel_plane
+        self.kernel_stride = stride
+        self.max_kernel_plane = max_kernel_plane if stride == 1 else 0
 
         # Shape/type functions as plain defs: MindSpore's graph parser rejects some lambdas here.
         def output_shape(x_shape, w_shape):
@@ -85,8 +91,10 @@ class CompiledConv2d(nn.Conv2d):
 class ConvBiasReLU(nn.Cell):
     """``relu(conv(x, weight) + bias)``, for inference: a convolution with BatchNorm folded into its
     weight and bias (src/googlenet.py, ``fold_batchnorm``). Made from a ``CompiledConv2d``, it is one
-    call of the compiled kernel on planes of at most ``max_kernel_plane`` values; otherwise MindSpore's
-    Conv2D (the one of ``conv``), BiasAdd and ReLU."""
+    call of the compiled kernel, for stride 1 on planes of at most ``max_kernel_plane`` values, for
+    stride 2 on every plane (conv1: faster than MindSpore's at 32x32 and 224x224 input,
+    docs/PERFORMANCE.md, attempt 19); otherwise MindSpore's Conv2D (the one of ``conv``), BiasAdd and
+    ReLU."""
 
     def __init__(self, conv: nn.Conv2d, weight: np.ndarray, bias: np.ndarray) -> None:
         super().__init__()
@@ -98,16 +106,18 @@ class ConvBiasReLU(nn.Cell):
         self.fused = None
         self.max_kernel_plane = 0
         if isinstance(conv, CompiledConv2d):
-            self.max_kernel_plane = conv.max_kernel_plane
+            stride = conv.kernel_stride
+            self.max_kernel_plane = conv.max_kernel_plane if stride == 1 else sys.maxsize
 
             def output_shape(x_shape, w_shape, b_shape):
-                return [x_shape[0], w_shape[0], x_shape[2], x_shape[3]]
+                return [x_shape[0], w_shape[0], -(-x_shape[2] // stride), -(-x_shape[3] // stride)]
 
             def first_type(first, *others):
                 return first
 
-            self.fused = ops.Custom(f"{conv.library}:ConvBiasReluForward", out_shape=output_shape,
-                                    out_dtype=first_type, func_type="aot")
+            entry = "ConvBiasReluForward" if stride == 1 else "ConvBiasReluStride2Forward"
+            self.fused = ops.Custom(f"{conv.library}:{entry}", out_shape=output_shape, out_dtype=first_type,
+                                    func_type="aot")
 
     def construct(self, x: Tensor) -> Tensor:
         if self.fused is not None and x.shape[2] * x.shape[3] <= self.max_kernel_plane:
@@ -131,10 +141,11 @@ def check_kernel_threads() -> None:
 def create_conv(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
                 compiled: bool = False) -> nn.Conv2d:
     """A 'same'-padded convolution without bias, weights drawn from TruncatedNormal(0.02): the compiled
-    kernel when asked for, available and applicable (stride 1, odd kernel), else nn.Conv2d."""
-    library = kernel_library("conv") if compiled and stride == 1 and kernel_size % 2 == 1 else None
+    kernel when asked for, available and applicable (odd kernel, stride 1, or 2 for inference only),
+    else nn.Conv2d."""
+    library = kernel_library("conv") if compiled and stride in (1, 2) and kernel_size % 2 == 1 else None
     if library is not None:
         check_kernel_threads()
-        return CompiledConv2d(in_channels, out_channels, kernel_size, library)
+        return CompiledConv2d(in_channels, out_channels, kernel_size, library, stride=stride)
     return nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, pad_mode="same", has_bias=False,
                      weight_init=TruncatedNormal(0.02))

@@ -46,18 +46,21 @@ def _assert_close(got: np.ndarray, expected: np.ndarray, what: str, tolerance: f
     assert error < tolerance, (what, error)
 
 
-# (batch, in, out, kernel, height, width): through the compiled kernel a 1x1 plane (centre tap only),
-# a 4x4 plane, one image (the kernel's GEMM writes it in place); above the kernel's plane limit,
-# MindSpore's Conv2D + BiasAdd + ReLU.
-BLOCK_SHAPES = [(32, 48, 40, 3, 1, 1), (4, 24, 36, 3, 4, 4), (1, 8, 12, 1, 3, 3), (2, 8, 12, 3, 6, 6)]
+# (batch, in, out, kernel, height, width, stride): through the compiled kernel a 1x1 plane (dense
+# path), a 4x4 plane, one image (the kernel's GEMM writes it in place), stride 2 on any plane (conv1's
+# shape at 32x32 input; odd sizes, where 'same' padding is uneven); with stride 1 above the kernel's
+# plane limit, MindSpore's Conv2D + BiasAdd + ReLU.
+BLOCK_SHAPES = [(32, 48, 40, 3, 1, 1, 1), (4, 24, 36, 3, 4, 4, 1), (1, 8, 12, 1, 3, 3, 1), (2, 8, 12, 3, 6, 6, 1),
+                (4, 3, 64, 7, 32, 32, 2), (2, 5, 8, 3, 15, 13, 2), (2, 4, 6, 5, 9, 10, 2)]
 
 
 @pytest.mark.parametrize("compiled", [False, True], ids=["mindspore", "kernel"])
 @pytest.mark.parametrize("shape", BLOCK_SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_a_folded_block_computes_what_the_block_computes(kernel_cache, compiled, shape):
     ms.set_context(mode=ms.GRAPH_MODE)
-    batch, in_channels, out_channels, kernel, height, width = shape
-    block = Conv2dBlock(in_channels, out_channels, kernel, conv=functools.partial(conv.create_conv, compiled=compiled))
+    batch, in_channels, out_channels, kernel, height, width, stride = shape
+    block = Conv2dBlock(in_channels, out_channels, kernel, stride,
+                        conv=functools.partial(conv.create_conv, compiled=compiled))
     assert isinstance(block.conv, conv.CompiledConv2d) == compiled
     _trained_statistics(block, seed=sum(shape))
     block.set_train(False)
@@ -86,7 +89,7 @@ def test_the_folded_network_equals_the_network(kernel_cache, compiled, tmp_path)
     assert not any(isinstance(cell, (Conv2dBlock, nn.BatchNorm2d)) for cell in cells)
     folded_blocks = [cell for cell in cells if isinstance(cell, conv.ConvBiasReLU)]
     assert len(folded_blocks) == 57
-    assert sum(cell.fused is not None for cell in folded_blocks) == (56 if compiled else 0)  # all but conv1 (7x7/2)
+    assert sum(cell.fused is not None for cell in folded_blocks) == (57 if compiled else 0)
     names = [param.name for param in folded.get_parameters()]
     assert names == [name for name, _ in folded.parameters_and_names()]  # full, hence unique, names
     assert "inception4e.branch2.1.bias" in names and len(names) == 57 * 2 + 2

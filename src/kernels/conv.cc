@@ -25,6 +25,8 @@
 //   ConvForward(x[N,C,H,W], w[OC,C,K,K]) -> y[N,OC,H,W]
 //   ConvGradInput(dy[N,OC,H,W], w[OC,C,K,K]) -> dx[N,C,H,W]
 //   ConvGradFilter(x[N,C,H,W], dy[N,OC,H,W], w[OC,C,K,K]) -> dw[OC,C,K,K] (w only gives the shape)
+//   ConvBiasReluForward(x, w, bias[OC]) -> relu(conv(x, w) + bias), for inference with BatchNorm
+//   folded into w and bias; ConvBiasReluStride2Forward the same with stride 2 -> [N,OC,ceil(H/2),ceil(W/2)]
 
 #include <sched.h>
 #include <unistd.h>
@@ -301,14 +303,23 @@ void Gemm(int64_t m, int64_t n, Matrix a, Panels b, float *c, int64_t ldc, bool 
 struct ConvShape {
   int64_t n, c, h, w;  // input
   int64_t oc, k;       // output channels, kernel size (odd)
+  int64_t stride = 1;  // 2 only in the forward pass (ConvBiasReluStride2Forward)
   int64_t plane() const { return h * w; }
   int64_t depth() const { return c * k * k; }
+  // 'same' padding as MindSpore and TensorFlow define it: ceil(size / stride) outputs, the padding
+  // that needs split with the odd value after the plane.
+  int64_t out_h() const { return (h + stride - 1) / stride; }
+  int64_t out_w() const { return (w + stride - 1) / stride; }
+  int64_t out_plane() const { return out_h() * out_w(); }
+  int64_t padding_h() const { return (out_h() - 1) * stride + k - h; }
+  int64_t padding_w() const { return (out_w() - 1) * stride + k - w; }
 };
 
 int64_t PaddedToPanels(int64_t values) { return (values + kNR - 1) / kNR * kNR; }
 
 // The im2col matrix of images [n0, n0 + images): row r = (c*K + ky)*K + kx, column
-// j = b*H*W + y*W + x holds x[n0 + b, c, y + ky - K/2, x + kx - K/2] (0 outside the plane).
+// j = b*OH*OW + y*OW + x holds x[n0 + b, c, y*S + ky - top, x*S + kx - left] (0 outside the plane;
+// S the stride, top and left the padding before the plane: K/2 for stride 1).
 // As the B of forward (depth x cols): Panels with k = depth. Transposed, as the B of the filter
 // gradient (cols x depth): Panels with k = cols.
 // Value (r, j) is source[row_offset[r] + column_offset[j]], where the source is x itself for a
@@ -316,16 +327,18 @@ int64_t PaddedToPanels(int64_t values) { return (values + kNR - 1) / kNR * kNR; 
 // kNR values, which the compiler vectorises, whatever the plane size.
 template <bool Transposed>
 void PackColumns(const float *x, const ConvShape &s, int64_t n0, int64_t images, float *out) {
-  const int64_t pad = s.k / 2, hp = s.h + 2 * pad, wp = s.w + 2 * pad, plane = s.plane();
-  const int64_t cols = images * plane, depth = s.depth(), taps = s.k * s.k;
+  const int64_t hp = s.h + s.padding_h(), wp = s.w + s.padding_w(), plane = s.plane();
+  const int64_t out_w = s.out_w(), out_plane = s.out_plane();
+  const int64_t cols = images * out_plane, depth = s.depth(), taps = s.k * s.k;
   const int64_t image_values = s.c * hp * wp;
   const float *source = x + n0 * s.c * plane;
   thread_local std::vector<float> bordered;
-  if (pad > 0) {
+  if (hp * wp > plane) {
     bordered.assign(images * image_values, 0.0f);
+    const int64_t top = s.padding_h() / 2, left = s.padding_w() / 2;
     for (int64_t plane_index = 0; plane_index < images * s.c; ++plane_index) {
       const float *src = source + plane_index * plane;
-      float *dst = bordered.data() + plane_index * hp * wp + pad * wp + pad;
+      float *dst = bordered.data() + plane_index * hp * wp + top * wp + left;
       for (int64_t y = 0; y < s.h; ++y) {
         for (int64_t xx = 0; xx < s.w; ++xx) dst[y * wp + xx] = src[y * s.w + xx];
       }
@@ -342,8 +355,8 @@ void PackColumns(const float *x, const ConvShape &s, int64_t n0, int64_t images,
     row_offset[r] = static_cast<int32_t>(ch * hp * wp + tap / s.k * wp + tap % s.k);
   }
   for (int64_t j = 0; j < cols; ++j) {
-    const int64_t b = j / plane, y = j % plane / s.w, xx = j % s.w;
-    column_offset[j] = static_cast<int32_t>(b * image_values + y * wp + xx);
+    const int64_t b = j / out_plane, y = j % out_plane / out_w, xx = j % out_w;
+    column_offset[j] = static_cast<int32_t>(b * image_values + y * s.stride * wp + xx * s.stride);
   }
   const int32_t *rows = row_offset.data(), *columns = column_offset.data();
   const int64_t panels = PaddedToPanels(Transposed ? depth : cols) / kNR;
@@ -371,7 +384,7 @@ void PackColumns(const float *x, const ConvShape &s, int64_t n0, int64_t images,
 
 // How many images per GEMM: all of them for small planes, fewer when im2col would grow too large.
 int64_t ImagesPerGemm(const ConvShape &s) {
-  const int64_t per_image = s.depth() * s.plane();
+  const int64_t per_image = s.depth() * s.out_plane();
   return std::clamp<int64_t>(kColumnValues / std::max<int64_t>(per_image, 1), 1, s.n);
 }
 
@@ -396,9 +409,9 @@ void ImagesToMatrix(const float *tensor, int64_t rows, int64_t images, int64_t p
   }
 }
 
-// y[N, OC, H, W] = conv(x, w), w given as the matrix (OC, C*K*K).
+// y[N, OC, OH, OW] = conv(x, w), w given as the matrix (OC, C*K*K).
 void Convolve(const float *x, Matrix w, const ConvShape &s, float *y) {
-  const int64_t plane = s.plane(), depth = s.depth(), step = ImagesPerGemm(s);
+  const int64_t plane = s.out_plane(), depth = s.depth(), step = ImagesPerGemm(s);
   thread_local std::vector<float> columns, out;
   columns.resize(depth * PaddedToPanels(step * plane));
   for (int64_t n0 = 0; n0 < s.n; n0 += step) {
@@ -508,7 +521,7 @@ bool SameShape(int ndim, const int64_t *a, const int64_t *b) { return ndim == 4 
 // of 9 on a 2x2 one): y(OC*P, N) = W(OC*P, C*P) . x(C*P, N), each image a column, with
 // W((oc, p), (c, q)) = w[oc, c, tap(p, q)], tap(p, q) = (K*qy + qx) - (K*py + px) + centre, the
 // filter read in place through offset tables.
-bool CoversPlane(const ConvShape &s) { return s.h <= s.k / 2 + 1 && s.w <= s.k / 2 + 1; }
+bool CoversPlane(const ConvShape &s) { return s.stride == 1 && s.h <= s.k / 2 + 1 && s.w <= s.k / 2 + 1; }
 
 struct DenseFilter {
   std::vector<int64_t> outputs, inputs;  // offsets of rows (oc, p) and columns (c, q) of W in w
@@ -531,7 +544,7 @@ ConvShape AsDense(const ConvShape &s, int64_t in_channels, int64_t out_channels)
 
 // Inference with BatchNorm folded into the filter: y = relu(y + bias[channel]).
 void AddBiasRelu(const float *bias, const ConvShape &s, float *y) {
-  const int64_t plane = s.plane();
+  const int64_t plane = s.out_plane();
   for (int64_t i = 0; i < s.n * s.oc; ++i) {
     const float b = bias[i % s.oc];
     float *values = y + i * plane;
@@ -545,6 +558,21 @@ void Forward(const float *x, const float *w, const ConvShape &s, float *y) {
   } else {
     Convolve(x, Matrix{w, s.depth(), 1}, s, y);
   }
+}
+
+// relu(conv(x, w) + bias[OC]): a convolution with BatchNorm folded into it (w and bias), and ReLU,
+// for inference; stride 1 or 2.
+int BiasReluForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, int64_t stride) {
+  if (const int error = CheckArguments(nparam, "4414", ndims, dtypes)) return error;
+  ConvShape s{};
+  if (!ReadShape(shapes[0], shapes[1], &s)) return 3;
+  s.stride = stride;
+  const int64_t expected[4] = {s.n, s.oc, s.out_h(), s.out_w()};
+  if (shapes[2][0] != s.oc || !SameShape(ndims[3], shapes[3], expected)) return 3;
+  auto *y = static_cast<float *>(params[3]);
+  Forward(static_cast<const float *>(params[0]), static_cast<const float *>(params[1]), s, y);
+  AddBiasRelu(static_cast<const float *>(params[2]), s, y);
+  return 0;
 }
 
 }  // namespace
@@ -562,19 +590,14 @@ int ConvForward(int nparam, void **params, int *ndims, int64_t **shapes, const c
   return 0;
 }
 
-// relu(conv(x, w) + bias[OC]): a convolution with BatchNorm folded into it (w and bias), and ReLU,
-// for inference.
 int ConvBiasReluForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
                         void *) {
-  if (const int error = CheckArguments(nparam, "4414", ndims, dtypes)) return error;
-  ConvShape s{};
-  if (!ReadShape(shapes[0], shapes[1], &s)) return 3;
-  const int64_t expected[4] = {s.n, s.oc, s.h, s.w};
-  if (shapes[2][0] != s.oc || !SameShape(ndims[3], shapes[3], expected)) return 3;
-  auto *y = static_cast<float *>(params[3]);
-  Forward(static_cast<const float *>(params[0]), static_cast<const float *>(params[1]), s, y);
-  AddBiasRelu(static_cast<const float *>(params[2]), s, y);
-  return 0;
+  return BiasReluForward(nparam, params, ndims, shapes, dtypes, 1);
+}
+
+int ConvBiasReluStride2Forward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                               void *, void *) {
+  return BiasReluForward(nparam, params, ndims, shapes, dtypes, 2);
 }
 
 int ConvGradInput(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {

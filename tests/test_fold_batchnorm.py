@@ -48,10 +48,10 @@ def _assert_close(got: np.ndarray, expected: np.ndarray, what: str, tolerance: f
 
 # (batch, in, out, kernel, height, width, stride): through the compiled kernel a 1x1 plane (dense
 # path), a 4x4 plane, one image (the kernel's GEMM writes it in place), stride 2 on any plane (conv1's
-# shape at 32x32 input; odd sizes, where 'same' padding is uneven); with stride 1 above the kernel's
-# plane limit, MindSpore's Conv2D + BiasAdd + ReLU.
+# shape at 32x32 input; odd sizes, where 'same' padding is uneven; a 1x1 kernel, which needs none);
+# with stride 1 above the kernel's plane limit, MindSpore's Conv2D + BiasAdd + ReLU.
 BLOCK_SHAPES = [(32, 48, 40, 3, 1, 1, 1), (4, 24, 36, 3, 4, 4, 1), (1, 8, 12, 1, 3, 3, 1), (2, 8, 12, 3, 6, 6, 1),
-                (4, 3, 64, 7, 32, 32, 2), (2, 5, 8, 3, 15, 13, 2), (2, 4, 6, 5, 9, 10, 2)]
+                (4, 3, 64, 7, 32, 32, 2), (2, 5, 8, 3, 15, 13, 2), (2, 4, 6, 5, 9, 10, 2), (2, 4, 6, 1, 6, 7, 2)]
 
 
 @pytest.mark.parametrize("compiled", [False, True], ids=["mindspore", "kernel"])

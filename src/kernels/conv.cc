@@ -311,8 +311,8 @@ struct ConvShape {
   int64_t out_h() const { return (h + stride - 1) / stride; }
   int64_t out_w() const { return (w + stride - 1) / stride; }
   int64_t out_plane() const { return out_h() * out_w(); }
-  int64_t padding_h() const { return (out_h() - 1) * stride + k - h; }
-  int64_t padding_w() const { return (out_w() - 1) * stride + k - w; }
+  int64_t padding_h() const { return std::max<int64_t>((out_h() - 1) * stride + k - h, 0); }
+  int64_t padding_w() const { return std::max<int64_t>((out_w() - 1) * stride + k - w, 0); }
 };
 
 int64_t PaddedToPanels(int64_t values) { return (values + kNR - 1) / kNR * kNR; }

@@ -61,6 +61,7 @@ constexpr int64_t kNC = 512;         // columns of B per pass (kKC x kNC stays i
 constexpr double kFlopsPerPiece = 5e5;        // smaller pieces cost more to hand out than they save
 constexpr double kFlopsSmall = 2e7;           // below this a GEMM is cut into several pieces per thread
 constexpr int64_t kColumnValues = 1 << 21;    // bound on the im2col buffer (floats)
+constexpr int64_t kSharedPassValues = 1 << 21;  // elementwise passes at least this long use the threads
 
 // ---- a small pool of worker threads that sleep (no spinning) between calls ----
 // Waking a sleeping thread takes tens of microseconds on some machines, as long as a small
@@ -542,14 +543,18 @@ ConvShape AsDense(const ConvShape &s, int64_t in_channels, int64_t out_channels)
   return ConvShape{s.n, in_channels * s.plane(), 1, 1, out_channels * s.plane(), 1};
 }
 
-// Inference with BatchNorm folded into the filter: y = relu(y + bias[channel]).
+// Inference with BatchNorm folded into the filter: y = relu(y + bias[channel]); shared between the
+// threads when large (conv1's output at 224x224 is 25 M values), on the calling thread when small.
 void AddBiasRelu(const float *bias, const ConvShape &s, float *y) {
-  const int64_t plane = s.out_plane();
-  for (int64_t i = 0; i < s.n * s.oc; ++i) {
-    const float b = bias[i % s.oc];
-    float *values = y + i * plane;
-    for (int64_t p = 0; p < plane; ++p) values[p] = std::max(values[p] + b, 0.0f);
-  }
+  const int64_t plane = s.out_plane(), planes = s.n * s.oc;
+  const int64_t pieces = planes * plane < kSharedPassValues ? 1 : Workers::Get().Threads() * kPiecesPerThread;
+  Workers::Get().Run(pieces, [&](int64_t piece) {
+    for (int64_t i = piece * planes / pieces; i < (piece + 1) * planes / pieces; ++i) {
+      const float b = bias[i % s.oc];
+      float *values = y + i * plane;
+      for (int64_t p = 0; p < plane; ++p) values[p] = std::max(values[p] + b, 0.0f);
+    }
+  });
 }
 
 void Forward(const float *x, const float *w, const ConvShape &s, float *y) {

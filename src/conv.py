@@ -41,6 +41,11 @@ THREADS_VARIABLE = "GOOGLENET_KERNEL_THREADS"
 MAX_KERNEL_PLANE = 16
 
 
+def _first_type(first, *others):
+    """The output dtype of the kernel's operations: that of their first input."""
+    return first
+
+
 class CompiledConv2d(nn.Conv2d):
     """``nn.Conv2d(in, out, kernel_size, stride, pad_mode="same", has_bias=False)``, odd kernel, on the
     compiled CPU kernel (NCHW float32) for inputs of at most ``max_kernel_plane`` values per plane and on
@@ -58,7 +63,7 @@ class CompiledConv2d(nn.Conv2d):
         self.kernel_stride = stride
         self.max_kernel_plane = max_kernel_plane if stride == 1 else 0
 
-        # Shape/type functions as plain defs: MindSpore's graph parser rejects some lambdas here.
+        # Shape functions as plain defs: MindSpore's graph parser rejects some lambdas here.
         def output_shape(x_shape, w_shape):
             return [x_shape[0], w_shape[0], x_shape[2], x_shape[3]]
 
@@ -68,18 +73,15 @@ class CompiledConv2d(nn.Conv2d):
         def filter_grad_shape(x_shape, dy_shape, w_shape):
             return w_shape
 
-        def first_type(first, *others):
-            return first
-
-        input_grad = ops.Custom(f"{library}:ConvGradInput", out_shape=input_grad_shape, out_dtype=first_type,
+        input_grad = ops.Custom(f"{library}:ConvGradInput", out_shape=input_grad_shape, out_dtype=_first_type,
                                 func_type="aot")
-        filter_grad = ops.Custom(f"{library}:ConvGradFilter", out_shape=filter_grad_shape, out_dtype=first_type,
+        filter_grad = ops.Custom(f"{library}:ConvGradFilter", out_shape=filter_grad_shape, out_dtype=_first_type,
                                  func_type="aot")
 
         def bprop(x, weight, out, dout):
             return input_grad(dout, weight), filter_grad(x, dout, weight)
 
-        self.compiled_conv = ops.Custom(f"{library}:ConvForward", out_shape=output_shape, out_dtype=first_type,
+        self.compiled_conv = ops.Custom(f"{library}:ConvForward", out_shape=output_shape, out_dtype=_first_type,
                                         func_type="aot", bprop=bprop)
 
     def construct(self, x: Tensor) -> Tensor:
@@ -112,11 +114,8 @@ class ConvBiasReLU(nn.Cell):
             def output_shape(x_shape, w_shape, b_shape):
                 return [x_shape[0], w_shape[0], -(-x_shape[2] // stride), -(-x_shape[3] // stride)]
 
-            def first_type(first, *others):
-                return first
-
             entry = "ConvBiasReluForward" if stride == 1 else "ConvBiasReluStride2Forward"
-            self.fused = ops.Custom(f"{conv.library}:{entry}", out_shape=output_shape, out_dtype=first_type,
+            self.fused = ops.Custom(f"{conv.library}:{entry}", out_shape=output_shape, out_dtype=_first_type,
                                     func_type="aot")
 
     def construct(self, x: Tensor) -> Tensor:

@@ -59,6 +59,18 @@ def build_kernel(name: str, cache: Path) -> Path:
     return path
 
 
+@pytest.fixture
+def kernel_cache(library, monkeypatch):
+    """The test module's ``library`` fixture (a kernel built once per module) is what the factories
+    find: its cache folder in ``$GOOGLENET_KERNEL_CACHE``, the lookup cache cleared before and after."""
+    from src import compiled_kernels
+
+    monkeypatch.setenv("GOOGLENET_KERNEL_CACHE", str(library.parent))
+    compiled_kernels.kernel_library.cache_clear()
+    yield library
+    compiled_kernels.kernel_library.cache_clear()
+
+
 def create_with_compiler(create, compiler: str, cache: Path, monkeypatch, caplog):
     """``create()`` (a factory asked for a compiled kernel) with ``$CXX`` and the kernel cache set,
     nothing built before; its warnings land in ``caplog``."""

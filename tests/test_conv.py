@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from mindspore import nn, ops
 
-from src import compiled_kernels, conv
+from src import conv
 from src.checkpoint import load_weights
 from src.errors import UserError
 from src.googlenet import create_model, create_model_from_config
@@ -134,12 +134,10 @@ def test_one_kernel_thread_gives_the_same_values(library, tmp_path):
     assert error < 2e-5
 
 
-def test_a_training_step_of_the_network_matches(library, monkeypatch):
+def test_a_training_step_of_the_network_matches(kernel_cache):
     """32x32 input (planes 2x2 and 1x1 through the kernel, 4x4 at the limit): same loss and the same
     parameter updates as with MindSpore's convolutions, up to float32 rounding."""
     ms.set_context(mode=ms.GRAPH_MODE)
-    monkeypatch.setenv("GOOGLENET_KERNEL_CACHE", str(library.parent))
-    compiled_kernels.kernel_library.cache_clear()
     config = load_config([f"--config_path={CPU_CONFIG}", "--batch_size=8", "--dropout_rate=0"])
     rng = np.random.default_rng(0)
     images = ms.Tensor(rng.standard_normal((8, 3, 32, 32)).astype(np.float32))
@@ -154,7 +152,6 @@ def test_a_training_step_of_the_network_matches(library, monkeypatch):
         step.set_train(True)
         loss = float(step(images, labels).asnumpy())
         results.append((loss, {p.name: p.asnumpy() - before[p.name] for p in net.trainable_params()}))
-    compiled_kernels.kernel_library.cache_clear()
     (loss_stock, updates_stock), (loss_compiled, updates_compiled) = results
     assert loss_compiled == pytest.approx(loss_stock, rel=1e-5)
     assert updates_compiled.keys() == updates_stock.keys()
@@ -163,15 +160,10 @@ def test_a_training_step_of_the_network_matches(library, monkeypatch):
         assert difference <= 1e-3 * np.linalg.norm(update), (name, difference, np.linalg.norm(update))
 
 
-def test_checkpoints_move_between_the_two(library, monkeypatch, tmp_path):
+def test_checkpoints_move_between_the_two(kernel_cache, tmp_path):
     """Same parameter names and shapes: a checkpoint of one network loads into the other."""
-    monkeypatch.setenv("GOOGLENET_KERNEL_CACHE", str(library.parent))
-    compiled_kernels.kernel_library.cache_clear()
-    try:
-        stock = create_model(10, compiled_conv=False)
-        compiled = create_model(10, compiled_conv=True)
-    finally:
-        compiled_kernels.kernel_library.cache_clear()
+    stock = create_model(10, compiled_conv=False)
+    compiled = create_model(10, compiled_conv=True)
     assert [(p.name, p.shape) for p in stock.get_parameters()] == [(p.name, p.shape) for p in compiled.get_parameters()]
     path = tmp_path / "stock.ckpt"
     ms.save_checkpoint(stock, str(path))
@@ -180,39 +172,29 @@ def test_checkpoints_move_between_the_two(library, monkeypatch, tmp_path):
         np.testing.assert_array_equal(a.asnumpy(), b.asnumpy())
 
 
-def test_which_convolutions_use_it(library, monkeypatch):
+def test_which_convolutions_use_it(kernel_cache):
     """Odd kernels with stride 1, and with stride 2 (where only the folded inference form runs the
     kernel: the cell itself is MindSpore's Conv2D, bit for bit); even kernels and stride 3 never."""
     ms.set_context(mode=ms.GRAPH_MODE)
-    monkeypatch.setenv("GOOGLENET_KERNEL_CACHE", str(library.parent))
-    compiled_kernels.kernel_library.cache_clear()
-    try:
-        for kernel, stride in [(3, 1), (1, 1), (7, 2), (3, 2)]:
-            cell = conv.create_conv(4, 8, kernel, stride, compiled=True)
-            assert isinstance(cell, conv.CompiledConv2d) and cell.kernel_stride == stride, (kernel, stride)
-        for kernel, stride in [(2, 1), (4, 2), (3, 3)]:
-            assert type(conv.create_conv(4, 8, kernel, stride, compiled=True)) is nn.Conv2d, (kernel, stride)
-        assert type(conv.create_conv(4, 8, 3, 1)) is nn.Conv2d
-        strided = conv.create_conv(3, 8, 7, 2, compiled=True)
-    finally:
-        compiled_kernels.kernel_library.cache_clear()
+    for kernel, stride in [(3, 1), (1, 1), (7, 2), (3, 2)]:
+        cell = conv.create_conv(4, 8, kernel, stride, compiled=True)
+        assert isinstance(cell, conv.CompiledConv2d) and cell.kernel_stride == stride, (kernel, stride)
+    for kernel, stride in [(2, 1), (4, 2), (3, 3)]:
+        assert type(conv.create_conv(4, 8, kernel, stride, compiled=True)) is nn.Conv2d, (kernel, stride)
+    assert type(conv.create_conv(4, 8, 3, 1)) is nn.Conv2d
+    strided = conv.create_conv(3, 8, 7, 2, compiled=True)
     stock = nn.Conv2d(3, 8, 7, stride=2, pad_mode="same", has_bias=False)
     stock.weight.set_data(strided.weight.data.copy())
     x = ms.Tensor(np.random.default_rng(5).standard_normal((2, 3, 4, 4)).astype(np.float32))  # a small plane
     np.testing.assert_array_equal(strided(x).asnumpy(), stock(x).asnumpy())
 
 
-def test_the_entry_scripts_network_uses_it_and_logs_it(library, monkeypatch, caplog):
-    monkeypatch.setenv("GOOGLENET_KERNEL_CACHE", str(library.parent))
-    compiled_kernels.kernel_library.cache_clear()
-    try:
-        with caplog.at_level("INFO", logger="googlenet"):
-            net = create_model_from_config(load_config([f"--config_path={CPU_CONFIG}"]))
-    finally:
-        compiled_kernels.kernel_library.cache_clear()
+def test_the_entry_scripts_network_uses_it_and_logs_it(kernel_cache, caplog):
+    with caplog.at_level("INFO", logger="googlenet"):
+        net = create_model_from_config(load_config([f"--config_path={CPU_CONFIG}"]))
     assert isinstance(net.conv2.conv, conv.CompiledConv2d)
     assert net.conv1.conv.kernel_stride == 2 and net.conv1.conv.max_kernel_plane == 0  # MindSpore's Conv2D
-    assert f"stride-1 convolutions: compiled CPU kernel {library}" in caplog.text
+    assert f"stride-1 convolutions: compiled CPU kernel {kernel_cache}" in caplog.text
 
 
 def test_falls_back_to_mindspores_conv_without_a_compiler(monkeypatch, caplog, tmp_path):
@@ -223,17 +205,12 @@ def test_falls_back_to_mindspores_conv_without_a_compiler(monkeypatch, caplog, t
 
 
 @pytest.mark.parametrize("value", ["two", "0", "-1", "1.5"])
-def test_a_bad_thread_count_is_a_user_error(library, monkeypatch, value):
-    monkeypatch.setenv("GOOGLENET_KERNEL_CACHE", str(library.parent))
+def test_a_bad_thread_count_is_a_user_error(kernel_cache, monkeypatch, value):
     monkeypatch.setenv("GOOGLENET_KERNEL_THREADS", value)
-    compiled_kernels.kernel_library.cache_clear()
-    try:
-        with pytest.raises(UserError, match=f"GOOGLENET_KERNEL_THREADS='{value}': expected a positive integer"):
-            conv.create_conv(4, 8, 3, 1, compiled=True)
-        monkeypatch.setenv("GOOGLENET_KERNEL_THREADS", "3")
-        assert isinstance(conv.create_conv(4, 8, 3, 1, compiled=True), conv.CompiledConv2d)
-    finally:
-        compiled_kernels.kernel_library.cache_clear()
+    with pytest.raises(UserError, match=f"GOOGLENET_KERNEL_THREADS='{value}': expected a positive integer"):
+        conv.create_conv(4, 8, 3, 1, compiled=True)
+    monkeypatch.setenv("GOOGLENET_KERNEL_THREADS", "3")
+    assert isinstance(conv.create_conv(4, 8, 3, 1, compiled=True), conv.CompiledConv2d)
 
 
 def test_eval_py_reports_a_bad_thread_count_in_one_line(library, cifar_dir, trained_cifar, tmp_path):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from mindspore import nn
 
-from src import compiled_kernels, conv
+from src import conv
 from src.googlenet import Conv2dBlock, create_inference_model, create_model, fold_batchnorm
 from src.model_utils.config import load_config
 from tests.conftest import CPU_CONFIG, build_kernel
@@ -19,14 +19,6 @@ from tests.conftest import CPU_CONFIG, build_kernel
 @pytest.fixture(scope="module")
 def library(tmp_path_factory):
     return build_kernel("conv", tmp_path_factory.mktemp("kernel_cache"))
-
-
-@pytest.fixture
-def kernel_cache(library, monkeypatch):
-    monkeypatch.setenv("GOOGLENET_KERNEL_CACHE", str(library.parent))
-    compiled_kernels.kernel_library.cache_clear()
-    yield library
-    compiled_kernels.kernel_library.cache_clear()
 
 
 def _trained_statistics(net: nn.Cell, seed: int) -> None:

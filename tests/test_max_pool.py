@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from mindspore import nn, ops
 
-from src import compiled_kernels, max_pool
+from src import max_pool
 from src.googlenet import create_model
 from src.model_utils.config import load_config
 from src.trainer import create_train_model
@@ -83,11 +83,9 @@ def test_pynative_mode_too(library, mode):
     np.testing.assert_allclose(_Grad(compiled)(x, dy).asnumpy(), _Grad(stock)(x, dy).asnumpy(), rtol=1e-6, atol=0)
 
 
-def test_a_training_step_of_the_network_is_unchanged(library, monkeypatch):
+def test_a_training_step_of_the_network_is_unchanged(kernel_cache):
     """Same weights, same batch: the same loss, and parameters after the update equal up to float32 rounding."""
     ms.set_context(mode=ms.GRAPH_MODE)
-    monkeypatch.setenv("GOOGLENET_KERNEL_CACHE", str(library.parent))
-    compiled_kernels.kernel_library.cache_clear()
     config = load_config([f"--config_path={CPU_CONFIG}", "--batch_size=4", "--dropout_rate=0"])
     rng = np.random.default_rng(0)
     images = ms.Tensor(rng.standard_normal((4, 3, 64, 64)).astype(np.float32))
@@ -110,7 +108,6 @@ def test_a_training_step_of_the_network_is_unchanged(library, monkeypatch):
         # Gradient sums in another order: rounding-level differences, not a different update.
         difference = np.linalg.norm(updates_compiled[name] - update)
         assert difference <= 1e-4 * np.linalg.norm(update), (name, difference, np.linalg.norm(update))
-    compiled_kernels.kernel_library.cache_clear()
 
 
 def test_falls_back_to_mindspores_max_pool_without_a_compiler(monkeypatch, caplog, tmp_path):

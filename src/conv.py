@@ -19,6 +19,7 @@ one per core the process may use, or ``$GOOGLENET_KERNEL_THREADS``.
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 from pathlib import Path
@@ -39,6 +40,10 @@ THREADS_VARIABLE = "GOOGLENET_KERNEL_THREADS"
 # the 224x224 training step took 3.15 s instead of 2.47 s; at 32x32, limits of 4, 16 and 64 values
 # could not be told apart).
 MAX_KERNEL_PLANE = 16
+
+# Names each folded filter for the kernel, which packs a filter on its first call and keeps it by
+# that name (src/kernels/conv.cc, PackedOnce): never reused within a process.
+_filter_tokens = itertools.count(1)
 
 
 def _first_type(first, *others):
@@ -96,12 +101,15 @@ class ConvBiasReLU(nn.Cell):
     call of the compiled kernel, for stride 1 on planes of at most ``max_kernel_plane`` values, for
     stride 2 on every plane (conv1: faster than MindSpore's at 32x32 and 224x224 input,
     docs/PERFORMANCE.md, attempt 19); otherwise MindSpore's Conv2D (the one of ``conv``), BiasAdd and
-    ReLU."""
+    ReLU. The kernel keeps the filter packed after its first call: the weight is a constant of the
+    cell (fold again rather than change it)."""
 
     def __init__(self, conv: nn.Conv2d, weight: np.ndarray, bias: np.ndarray) -> None:
         super().__init__()
         self.weight = Parameter(Tensor(weight), name="weight", requires_grad=False)
         self.bias = Parameter(Tensor(bias), name="bias", requires_grad=False)
+        self.filter_token = Parameter(Tensor(np.array([next(_filter_tokens)], np.int64)), name="filter_token",
+                                      requires_grad=False)
         self.conv2d = conv.conv2d
         self.bias_add = ops.BiasAdd()
         self.relu = ops.ReLU()
@@ -111,7 +119,7 @@ class ConvBiasReLU(nn.Cell):
             stride = conv.kernel_stride
             self.max_kernel_plane = conv.max_kernel_plane if stride == 1 else sys.maxsize
 
-            def output_shape(x_shape, w_shape, b_shape):
+            def output_shape(x_shape, w_shape, b_shape, token_shape):
                 return [x_shape[0], w_shape[0], -(-x_shape[2] // stride), -(-x_shape[3] // stride)]
 
             entry = "ConvBiasReluForward" if stride == 1 else "ConvBiasReluStride2Forward"
@@ -120,7 +128,7 @@ class ConvBiasReLU(nn.Cell):
 
     def construct(self, x: Tensor) -> Tensor:
         if self.fused is not None and x.shape[2] * x.shape[3] <= self.max_kernel_plane:
-            return self.fused(x, self.weight, self.bias)
+            return self.fused(x, self.weight, self.bias, self.filter_token)
         return self.relu(self.bias_add(self.conv2d(x, self.weight), self.bias))
 
 

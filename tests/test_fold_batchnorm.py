@@ -60,7 +60,32 @@ def test_a_folded_block_computes_what_the_block_computes(kernel_cache, compiled,
     folded.set_train(False)
     assert (folded.fused is not None) == compiled
     x = ms.Tensor(np.random.default_rng(1).standard_normal((batch, in_channels, height, width)).astype(np.float32))
-    _assert_close(folded(x).asnumpy(), block(x).asnumpy(), "output")
+    expected = block(x).asnumpy()
+    _assert_close(folded(x).asnumpy(), expected, "output")
+    _assert_close(folded(x).asnumpy(), expected, "output, second call (the kernel's filter packed once)")
+
+
+def test_filters_packed_once_stay_with_their_cell(kernel_cache):
+    """Two folded 3x3 blocks of the same shape, called in turn on planes the kernel handles three ways
+    (dense 1x1 and 2x2 maps, im2col on 4x4): each call computes its own block's function, the
+    first call on each plane and every one after it."""
+    ms.set_context(mode=ms.GRAPH_MODE)
+    compiled = functools.partial(conv.create_conv, compiled=True)
+    blocks, folded = [], []
+    for seed in (5, 6):
+        block = Conv2dBlock(16, 24, 3, conv=compiled)
+        _trained_statistics(block, seed=seed)
+        block.set_train(False)
+        blocks.append(block)
+        folded.append(block.folded())
+        folded[-1].set_train(False)
+    assert folded[0].filter_token.asnumpy()[0] != folded[1].filter_token.asnumpy()[0]
+    rng = np.random.default_rng(7)
+    for _ in range(2):
+        for size in (1, 2, 4):
+            x = ms.Tensor(rng.standard_normal((3, 16, size, size)).astype(np.float32))
+            for block, fold in zip(blocks, folded, strict=True):
+                _assert_close(fold(x).asnumpy(), block(x).asnumpy(), f"{size}x{size}")
 
 
 @pytest.mark.parametrize("compiled", [False, True], ids=["mindspore", "kernel"])
@@ -84,7 +109,9 @@ def test_the_folded_network_equals_the_network(kernel_cache, compiled, tmp_path)
     assert sum(cell.fused is not None for cell in folded_blocks) == (57 if compiled else 0)
     names = [param.name for param in folded.get_parameters()]
     assert names == [name for name, _ in folded.parameters_and_names()]  # full, hence unique, names
-    assert "inception4e.branch2.1.bias" in names and len(names) == 57 * 2 + 2
+    assert "inception4e.branch2.1.bias" in names and len(names) == 57 * 3 + 2
+    tokens = [int(cell.filter_token.asnumpy()[0]) for cell in folded_blocks]
+    assert len(set(tokens)) == 57
 
     x = ms.Tensor(np.random.default_rng(4).standard_normal((4, 3, 32, 32)).astype(np.float32))
     _assert_close(folded(x).asnumpy(), plain(x).asnumpy(), "feature map", tolerance=1e-4)

@@ -25,8 +25,10 @@
 //   ConvForward(x[N,C,H,W], w[OC,C,K,K]) -> y[N,OC,H,W]
 //   ConvGradInput(dy[N,OC,H,W], w[OC,C,K,K]) -> dx[N,C,H,W]
 //   ConvGradFilter(x[N,C,H,W], dy[N,OC,H,W], w[OC,C,K,K]) -> dw[OC,C,K,K] (w only gives the shape)
-//   ConvBiasReluForward(x, w, bias[OC]) -> relu(conv(x, w) + bias), for inference with BatchNorm
-//   folded into w and bias; ConvBiasReluStride2Forward the same with stride 2 -> [N,OC,ceil(H/2),ceil(W/2)]
+//   ConvBiasReluForward(x, w, bias[OC], token[1] int64) -> relu(conv(x, w) + bias), for inference
+//   with BatchNorm folded into w and bias; the filter is packed on the first call and kept under
+//   its token (PackedOnce); ConvBiasReluStride2Forward the same with stride 2 ->
+//   [N,OC,ceil(H/2),ceil(W/2)]
 
 #include <sched.h>
 #include <unistd.h>
@@ -38,8 +40,11 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <map>
+#include <memory>
 #include <mutex>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 namespace {
@@ -61,7 +66,8 @@ constexpr int64_t kNC = 512;         // columns of B per pass (kKC x kNC stays i
 constexpr double kFlopsPerPiece = 5e5;        // smaller pieces cost more to hand out than they save
 constexpr double kFlopsSmall = 2e7;           // below this a GEMM is cut into several pieces per thread
 constexpr int64_t kColumnValues = 1 << 21;    // bound on the im2col buffer (floats)
-constexpr int64_t kSharedPassValues = 1 << 21;  // elementwise passes at least this long use the threads
+constexpr int64_t kSharedPassValues = 1 << 19;  // elementwise passes at least this long use the threads
+constexpr int64_t kPackedFilterValues = 1 << 26;  // bound on the filters kept packed for inference (floats)
 
 // ---- a small pool of worker threads that sleep (no spinning) between calls ----
 // Waking a sleeping thread takes tens of microseconds on some machines, as long as a small
@@ -249,8 +255,30 @@ void MicroKernel(int64_t kc, const float *a, const float *b, float *c, int64_t l
   }
 }
 
-// C[m x n] (+)= A[m x k] . B on one thread; pack_a holds kMC * kKC floats.
-void GemmSerial(int64_t m, int64_t n, Matrix a, Panels b, float *c, int64_t ldc, bool accumulate, float *pack_a) {
+// A packed whole, ahead of the product (PackWhole): depth block pc (kKC deep, kc = its depth) at
+// data + pc * padded_rows, holding the strips of kMR rows of all rows in PackA's layout.
+struct PackedA {
+  const float *data = nullptr;
+  int64_t padded_rows = 0, first_row = 0;
+  const float *Block(int64_t pc, int64_t kc, int64_t row) const {
+    return data + pc * padded_rows + (first_row + row) * kc;
+  }
+  PackedA From(int64_t row) const { return PackedA{data, padded_rows, first_row + row}; }
+};
+
+int64_t PaddedToStrips(int64_t rows) { return (rows + kMR - 1) / kMR * kMR; }
+
+std::vector<float> PackWhole(Matrix a, int64_t m, int64_t k) {
+  const int64_t padded_rows = PaddedToStrips(m);
+  std::vector<float> packed(padded_rows * k);
+  for (int64_t pc = 0; pc < k; pc += kKC) PackA(a, 0, m, pc, std::min(kKC, k - pc), packed.data() + pc * padded_rows);
+  return packed;
+}
+
+// C[m x n] (+)= A[m x k] . B on one thread; A from `packed` when given, else packed here, kMC x kKC
+// at a time, into pack_a.
+void GemmSerial(int64_t m, int64_t n, Matrix a, PackedA packed, Panels b, float *c, int64_t ldc, bool accumulate,
+                float *pack_a) {
   const int64_t k = b.k;
   for (int64_t jc = 0; jc < n; jc += kNC) {
     const int64_t nc = std::min(kNC, n - jc);
@@ -258,11 +286,16 @@ void GemmSerial(int64_t m, int64_t n, Matrix a, Panels b, float *c, int64_t ldc,
       const int64_t kc = std::min(kKC, k - pc);
       for (int64_t ic = 0; ic < m; ic += kMC) {
         const int64_t mc = std::min(kMC, m - ic);
-        PackA(a, ic, mc, pc, kc, pack_a);
+        const float *a_block = pack_a;
+        if (packed.data != nullptr) {
+          a_block = packed.Block(pc, kc, ic);
+        } else {
+          PackA(a, ic, mc, pc, kc, pack_a);
+        }
         for (int64_t jr = jc; jr < jc + nc; jr += kNR) {
           const float *b_strip = b.panel(jr) + pc * kNR;
           for (int64_t ir = 0; ir < mc; ir += kMR) {
-            MicroKernel(kc, pack_a + ir * kc, b_strip, c + (ic + ir) * ldc + jr, ldc,
+            MicroKernel(kc, a_block + ir * kc, b_strip, c + (ic + ir) * ldc + jr, ldc,
                         std::min<int64_t>(kMR, mc - ir), std::min<int64_t>(kNR, jc + nc - jr), accumulate || pc > 0);
           }
         }
@@ -273,7 +306,7 @@ void GemmSerial(int64_t m, int64_t n, Matrix a, Panels b, float *c, int64_t ldc,
 
 // The same product, its rows (or, for few rows, its columns) cut into pieces for the pool's threads
 // when it is large enough to pay for them.
-void Gemm(int64_t m, int64_t n, Matrix a, Panels b, float *c, int64_t ldc, bool accumulate) {
+void Gemm(int64_t m, int64_t n, Matrix a, Panels b, float *c, int64_t ldc, bool accumulate, PackedA packed = {}) {
   Workers &workers = Workers::Get();
   const double flops = 2.0 * m * n * b.k;
   const bool split_rows = m >= 4 * kMR;  // B is packed already: pieces of rows share it
@@ -288,13 +321,13 @@ void Gemm(int64_t m, int64_t n, Matrix a, Panels b, float *c, int64_t ldc, bool 
     const int64_t begin = std::min(piece * share, extent), end = std::min(begin + share, extent);
     if (begin >= end) return;
     thread_local std::vector<float> pack_a;  // per thread, kept between calls
-    pack_a.resize(kMC * kKC);
+    pack_a.resize(packed.data != nullptr ? 0 : kMC * kKC);
     if (split_rows) {
-      const Matrix rows = a.From(begin);
-      GemmSerial(end - begin, n, rows, b, c + begin * ldc, ldc, accumulate, pack_a.data());
+      const Matrix rows = packed.data != nullptr ? a : a.From(begin);
+      GemmSerial(end - begin, n, rows, packed.From(begin), b, c + begin * ldc, ldc, accumulate, pack_a.data());
     } else {
       const Panels cols{b.panel(begin), b.k};
-      GemmSerial(m, end - begin, a, cols, c + begin, ldc, accumulate, pack_a.data());
+      GemmSerial(m, end - begin, a, packed, cols, c + begin, ldc, accumulate, pack_a.data());
     }
   });
 }
@@ -389,13 +422,42 @@ int64_t ImagesPerGemm(const ConvShape &s) {
   return std::clamp<int64_t>(kColumnValues / std::max<int64_t>(per_image, 1), 1, s.n);
 }
 
-// The GEMM's (rows, images*plane) matrix as images x rows x plane, and back.
-void MatrixToImages(const float *matrix, int64_t rows, int64_t images, int64_t plane, float *tensor) {
+// The inference form with BatchNorm folded into the filter: each output value v of GEMM row r
+// becomes relu(v + bias[r / rows_per_bias]) (rows_per_bias > 1 for the dense maps, whose rows are
+// (channel, position) pairs).
+struct BiasRelu {
+  const float *bias = nullptr;
+  int64_t rows_per_bias = 1;
+  float Bias(int64_t row) const { return bias[row / rows_per_bias]; }
+};
+
+// The same on a tensor of `planes` planes, in place: shared between the threads when large (conv1's
+// output at 224x224 is 0.8 M values an image), on the calling thread when small.
+void ApplyBiasRelu(BiasRelu epilogue, int64_t rows, int64_t planes, int64_t plane, float *y) {
+  const int64_t pieces = planes * plane < kSharedPassValues ? 1 : Workers::Get().Threads() * kPiecesPerThread;
+  Workers::Get().Run(pieces, [&](int64_t piece) {
+    for (int64_t i = piece * planes / pieces; i < (piece + 1) * planes / pieces; ++i) {
+      const float b = epilogue.Bias(i % rows);
+      float *values = y + i * plane;
+      for (int64_t p = 0; p < plane; ++p) values[p] = std::max(values[p] + b, 0.0f);
+    }
+  });
+}
+
+// The GEMM's (rows, images*plane) matrix as images x rows x plane, and back; on the way out, with
+// an epilogue, its bias and ReLU.
+void MatrixToImages(const float *matrix, int64_t rows, int64_t images, int64_t plane, float *tensor,
+                    BiasRelu epilogue = {}) {
   for (int64_t i = 0; i < images; ++i) {
     for (int64_t r = 0; r < rows; ++r) {
       const float *src = matrix + r * images * plane + i * plane;
       float *dst = tensor + (i * rows + r) * plane;
-      for (int64_t p = 0; p < plane; ++p) dst[p] = src[p];
+      if (epilogue.bias != nullptr) {
+        const float b = epilogue.Bias(r);
+        for (int64_t p = 0; p < plane; ++p) dst[p] = std::max(src[p] + b, 0.0f);
+      } else {
+        for (int64_t p = 0; p < plane; ++p) dst[p] = src[p];
+      }
     }
   }
 }
@@ -410,8 +472,9 @@ void ImagesToMatrix(const float *tensor, int64_t rows, int64_t images, int64_t p
   }
 }
 
-// y[N, OC, OH, OW] = conv(x, w), w given as the matrix (OC, C*K*K).
-void Convolve(const float *x, Matrix w, const ConvShape &s, float *y) {
+// y[N, OC, OH, OW] = conv(x, w), w given as the matrix (OC, C*K*K), or already packed; with an
+// epilogue, relu(y + bias).
+void Convolve(const float *x, Matrix w, const ConvShape &s, float *y, PackedA packed = {}, BiasRelu epilogue = {}) {
   const int64_t plane = s.out_plane(), depth = s.depth(), step = ImagesPerGemm(s);
   thread_local std::vector<float> columns, out;
   columns.resize(depth * PaddedToPanels(step * plane));
@@ -420,12 +483,14 @@ void Convolve(const float *x, Matrix w, const ConvShape &s, float *y) {
     PackColumns<false>(x, s, n0, images, columns.data());
     const Panels b{columns.data(), depth};
     if (images == 1) {  // the GEMM writes the image's output planes in place
-      Gemm(s.oc, cols, w, b, y + n0 * s.oc * plane, cols, false);
+      float *image = y + n0 * s.oc * plane;
+      Gemm(s.oc, cols, w, b, image, cols, false, packed);
+      if (epilogue.bias != nullptr) ApplyBiasRelu(epilogue, s.oc, s.oc, plane, image);
       continue;
     }
     out.resize(s.oc * cols);
-    Gemm(s.oc, cols, w, b, out.data(), cols, false);
-    MatrixToImages(out.data(), s.oc, images, plane, y + n0 * s.oc * plane);
+    Gemm(s.oc, cols, w, b, out.data(), cols, false, packed);
+    MatrixToImages(out.data(), s.oc, images, plane, y + n0 * s.oc * plane, epilogue);
   }
 }
 
@@ -491,13 +556,15 @@ void InputGradient(const float *dy, const float *w, const ConvShape &s, float *d
 
 bool IsFloat32(const char *dtype) { return std::strcmp(dtype, "float32") == 0 || std::strcmp(dtype, "float") == 0; }
 
-// 0 when the call has float32 tensors of the ranks given as digits ("444": three 4-d tensors), else
-// the error code the entry point returns.
-int CheckArguments(int nparam, const char *ranks, const int *ndims, const char **dtypes) {
-  if (nparam != static_cast<int>(std::strlen(ranks))) return 1;
+// 0 when the call has the tensors `kinds` lists, one character each: a digit for a float32 tensor
+// of that rank ("444": three 4-d tensors), 'i' for a 1-d int64 tensor; else the error code the
+// entry point returns.
+int CheckArguments(int nparam, const char *kinds, const int *ndims, const char **dtypes) {
+  if (nparam != static_cast<int>(std::strlen(kinds))) return 1;
   for (int i = 0; i < nparam; ++i) {
-    if (ndims[i] != ranks[i] - '0') return 1;
-    if (!IsFloat32(dtypes[i])) return 2;
+    const bool int64 = kinds[i] == 'i';
+    if (ndims[i] != (int64 ? 1 : kinds[i] - '0')) return 1;
+    if (int64 ? std::strcmp(dtypes[i], "int64") != 0 : !IsFloat32(dtypes[i])) return 2;
   }
   return 0;
 }
@@ -543,20 +610,6 @@ ConvShape AsDense(const ConvShape &s, int64_t in_channels, int64_t out_channels)
   return ConvShape{s.n, in_channels * s.plane(), 1, 1, out_channels * s.plane(), 1};
 }
 
-// Inference with BatchNorm folded into the filter: y = relu(y + bias[channel]); shared between the
-// threads when large (conv1's output at 224x224 is 25 M values), on the calling thread when small.
-void AddBiasRelu(const float *bias, const ConvShape &s, float *y) {
-  const int64_t plane = s.out_plane(), planes = s.n * s.oc;
-  const int64_t pieces = planes * plane < kSharedPassValues ? 1 : Workers::Get().Threads() * kPiecesPerThread;
-  Workers::Get().Run(pieces, [&](int64_t piece) {
-    for (int64_t i = piece * planes / pieces; i < (piece + 1) * planes / pieces; ++i) {
-      const float b = bias[i % s.oc];
-      float *values = y + i * plane;
-      for (int64_t p = 0; p < plane; ++p) values[p] = std::max(values[p] + b, 0.0f);
-    }
-  });
-}
-
 void Forward(const float *x, const float *w, const ConvShape &s, float *y) {
   if (CoversPlane(s)) {
     Convolve(x, DenseFilter(s).Forward(w), AsDense(s, s.c, s.oc), y);
@@ -565,18 +618,62 @@ void Forward(const float *x, const float *w, const ConvShape &s, float *y) {
   }
 }
 
+// ---- filters packed once, for inference ----
+// A folded inference network calls each convolution with the same filter every time, so its GEMM's
+// A (the filter, or the dense map read from it) is packed on the first call and kept. The key is a
+// token the caller gives each filter (src/conv.py: one per ConvBiasReLU, never reused within a
+// process) and the input plane (the dense maps depend on it); the filter's address is kept too, and
+// a filter met at another address is packed again. Past kPackedFilterValues the cache starts over.
+using PackedFilter = std::shared_ptr<const std::vector<float>>;
+
+PackedFilter PackedOnce(int64_t token, const float *w, const ConvShape &s,
+                        const std::function<std::vector<float>()> &pack) {
+  struct Entry {
+    const float *filter;
+    PackedFilter packed;
+  };
+  static std::mutex mutex;
+  static std::map<std::tuple<int64_t, int64_t, int64_t>, Entry> cache;
+  static int64_t cached_values = 0;
+  std::lock_guard<std::mutex> lock(mutex);
+  const auto key = std::make_tuple(token, s.h, s.w);
+  const auto found = cache.find(key);
+  if (found != cache.end()) {
+    if (found->second.filter == w) return found->second.packed;
+    cached_values -= static_cast<int64_t>(found->second.packed->size());
+    cache.erase(found);
+  }
+  auto packed = std::make_shared<const std::vector<float>>(pack());
+  if (cached_values + static_cast<int64_t>(packed->size()) > kPackedFilterValues) {
+    cache.clear();  // calls still running keep their filters through their own references
+    cached_values = 0;
+  }
+  cached_values += static_cast<int64_t>(packed->size());
+  cache.emplace(key, Entry{w, packed});
+  return packed;
+}
+
 // relu(conv(x, w) + bias[OC]): a convolution with BatchNorm folded into it (w and bias), and ReLU,
-// for inference; stride 1 or 2.
+// for inference, stride 1 or 2; token[0] names the filter (PackedOnce).
 int BiasReluForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, int64_t stride) {
-  if (const int error = CheckArguments(nparam, "4414", ndims, dtypes)) return error;
+  if (const int error = CheckArguments(nparam, "441i4", ndims, dtypes)) return error;
   ConvShape s{};
   if (!ReadShape(shapes[0], shapes[1], &s)) return 3;
   s.stride = stride;
   const int64_t expected[4] = {s.n, s.oc, s.out_h(), s.out_w()};
-  if (shapes[2][0] != s.oc || !SameShape(ndims[3], shapes[3], expected)) return 3;
-  auto *y = static_cast<float *>(params[3]);
-  Forward(static_cast<const float *>(params[0]), static_cast<const float *>(params[1]), s, y);
-  AddBiasRelu(static_cast<const float *>(params[2]), s, y);
+  if (shapes[2][0] != s.oc || shapes[3][0] < 1 || !SameShape(ndims[4], shapes[4], expected)) return 3;
+  const auto *x = static_cast<const float *>(params[0]);
+  const auto *w = static_cast<const float *>(params[1]);
+  const auto *bias = static_cast<const float *>(params[2]);
+  const int64_t token = static_cast<const int64_t *>(params[3])[0];
+  auto *y = static_cast<float *>(params[4]);
+  const bool dense = CoversPlane(s);
+  const ConvShape gemm = dense ? AsDense(s, s.c, s.oc) : s;
+  const PackedFilter packed = PackedOnce(token, w, s, [&] {
+    return PackWhole(dense ? DenseFilter(s).Forward(w) : Matrix{w, s.depth(), 1}, gemm.oc, gemm.depth());
+  });
+  Convolve(x, Matrix{}, gemm, y, PackedA{packed->data(), PaddedToStrips(gemm.oc)},
+           BiasRelu{bias, dense ? s.plane() : 1});
   return 0;
 }
 

@@ -40,6 +40,10 @@ THREADS_VARIABLE = "GOOGLENET_KERNEL_THREADS"
 # the 224x224 training step took 3.15 s instead of 2.47 s; at 32x32, limits of 4, 16 and 64 values
 # could not be told apart).
 MAX_KERNEL_PLANE = 16
+# The same limit for the folded inference form (ConvBiasReLU), whose filters the kernel packs once:
+# there it is faster on 8x8 planes too (conv2 and conv3 at 32x32 input) and no slower on the 7x7
+# planes of a 224x224 input (docs/PERFORMANCE.md, attempt 21).
+MAX_FOLDED_KERNEL_PLANE = 64
 
 # Names each folded filter for the kernel, which packs a filter on its first call and keeps it by
 # that name (src/kernels/conv.cc, PackedOnce): never reused within a process.
@@ -98,7 +102,8 @@ class CompiledConv2d(nn.Conv2d):
 class ConvBiasReLU(nn.Cell):
     """``relu(conv(x, weight) + bias)``, for inference: a convolution with BatchNorm folded into its
     weight and bias (src/googlenet.py, ``fold_batchnorm``). Made from a ``CompiledConv2d``, it is one
-    call of the compiled kernel, for stride 1 on planes of at most ``max_kernel_plane`` values, for
+    call of the compiled kernel, for stride 1 on planes of at most ``MAX_FOLDED_KERNEL_PLANE`` values
+    (or the convolution's own limit, if larger), for
     stride 2 on every plane (conv1: faster than MindSpore's at 32x32 and 224x224 input,
     docs/PERFORMANCE.md, attempt 19); otherwise MindSpore's Conv2D (the one of ``conv``), BiasAdd and
     ReLU. The kernel keeps the filter packed after its first call: the weight is a constant of the
@@ -117,7 +122,7 @@ class ConvBiasReLU(nn.Cell):
         self.max_kernel_plane = 0
         if isinstance(conv, CompiledConv2d):
             stride = conv.kernel_stride
-            self.max_kernel_plane = conv.max_kernel_plane if stride == 1 else sys.maxsize
+            self.max_kernel_plane = max(conv.max_kernel_plane, MAX_FOLDED_KERNEL_PLANE) if stride == 1 else sys.maxsize
 
             def output_shape(x_shape, w_shape, b_shape, token_shape):
                 return [x_shape[0], w_shape[0], -(-x_shape[2] // stride), -(-x_shape[3] // stride)]

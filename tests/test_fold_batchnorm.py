@@ -39,10 +39,12 @@ def _assert_close(got: np.ndarray, expected: np.ndarray, what: str, tolerance: f
 
 
 # (batch, in, out, kernel, height, width, stride): through the compiled kernel a 1x1 plane (dense
-# path), a 4x4 plane, one image (the kernel's GEMM writes it in place), stride 2 on any plane (conv1's
-# shape at 32x32 input; odd sizes, where 'same' padding is uneven; a 1x1 kernel, which needs none);
-# with stride 1 above the kernel's plane limit, MindSpore's Conv2D + BiasAdd + ReLU.
-BLOCK_SHAPES = [(32, 48, 40, 3, 1, 1, 1), (4, 24, 36, 3, 4, 4, 1), (1, 8, 12, 1, 3, 3, 1), (2, 8, 12, 3, 6, 6, 1),
+# path), a 4x4 plane, one image (the kernel's GEMM writes it in place), an 8x8 plane (above the
+# training limit, within the folded one), stride 2 on any plane (conv1's shape at 32x32 input; odd
+# sizes, where 'same' padding is uneven; a 1x1 kernel, which needs none); with stride 1 above the
+# folded limit, MindSpore's Conv2D + BiasAdd + ReLU.
+BLOCK_SHAPES = [(32, 48, 40, 3, 1, 1, 1), (4, 24, 36, 3, 4, 4, 1), (1, 8, 12, 1, 3, 3, 1), (2, 16, 24, 3, 8, 8, 1),
+                (2, 8, 12, 3, 9, 9, 1),
                 (4, 3, 64, 7, 32, 32, 2), (2, 5, 8, 3, 15, 13, 2), (2, 4, 6, 5, 9, 10, 2), (2, 4, 6, 1, 6, 7, 2)]
 
 
@@ -59,6 +61,8 @@ def test_a_folded_block_computes_what_the_block_computes(kernel_cache, compiled,
     folded = block.folded()
     folded.set_train(False)
     assert (folded.fused is not None) == compiled
+    on_kernel = compiled and (stride == 2 or height * width <= conv.MAX_FOLDED_KERNEL_PLANE)
+    assert (height * width <= folded.max_kernel_plane) == on_kernel  # what construct() decides
     x = ms.Tensor(np.random.default_rng(1).standard_normal((batch, in_channels, height, width)).astype(np.float32))
     expected = block(x).asnumpy()
     _assert_close(folded(x).asnumpy(), expected, "output")

@@ -32,7 +32,10 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <map>
+#include <mutex>
 #include <thread>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -151,9 +154,24 @@ void ColumnMax3(const float *row_max, const int32_t *row_at, int64_t n, int64_t 
   for (int64_t i = std::max(n - w, w); i < n; ++i) edge(i);
 }
 
+// Planes per block of the 3x3 stride-1 pool.
+int64_t PlanesPerBlock(int64_t plane) { return std::max<int64_t>(kBlockValues / plane, 1); }
+
+// The masks of a whole block of H x W planes, made once per plane shape and kept (making them costs
+// as much as pooling a small tensor); a smaller block uses their beginning.
+const NeighbourMasks &Masks(int64_t h, int64_t w) {
+  static std::mutex mutex;
+  static std::map<std::pair<int64_t, int64_t>, NeighbourMasks> made;
+  std::lock_guard<std::mutex> lock(mutex);
+  const auto key = std::make_pair(h, w);
+  auto found = made.find(key);
+  if (found == made.end()) found = made.emplace(key, MakeMasks(PlanesPerBlock(h * w) * h * w, h, w)).first;
+  return found->second;  // std::map never moves its values
+}
+
 void Pool3x3Stride1(const float *x, float *y, int32_t *argmax, const Geometry &g) {
-  const int64_t plane = g.h * g.w, block = std::max<int64_t>(kBlockValues / plane, 1);
-  const NeighbourMasks masks = MakeMasks(std::min(block, g.planes) * plane, g.h, g.w);
+  const int64_t plane = g.h * g.w, block = PlanesPerBlock(plane);
+  const NeighbourMasks &masks = Masks(g.h, g.w);
   ForPlanes(g.planes, plane, [&](int64_t begin, int64_t end) {
     std::vector<float> row_max(block * plane);
     std::vector<int32_t> row_at(block * plane);

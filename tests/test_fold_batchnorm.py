@@ -39,11 +39,13 @@ def _assert_close(got: np.ndarray, expected: np.ndarray, what: str, tolerance: f
 
 
 # (batch, in, out, kernel, height, width, stride): through the compiled kernel a 1x1 plane (dense
-# path), a 4x4 plane, one image (the kernel's GEMM writes it in place), an 8x8 plane (above the
+# path), a 4x4 plane, one image (the kernel's GEMM writes it in place; also on the dense path of a
+# 2x2 plane, where the bias is per channel of (channel, position) rows), an 8x8 plane (above the
 # training limit, within the folded one), stride 2 on any plane (conv1's shape at 32x32 input; odd
 # sizes, where 'same' padding is uneven; a 1x1 kernel, which needs none); with stride 1 above the
 # folded limit, MindSpore's Conv2D + BiasAdd + ReLU.
-BLOCK_SHAPES = [(32, 48, 40, 3, 1, 1, 1), (4, 24, 36, 3, 4, 4, 1), (1, 8, 12, 1, 3, 3, 1), (2, 16, 24, 3, 8, 8, 1),
+BLOCK_SHAPES = [(32, 48, 40, 3, 1, 1, 1), (4, 24, 36, 3, 4, 4, 1), (1, 8, 12, 1, 3, 3, 1), (1, 16, 24, 3, 2, 2, 1),
+                (2, 16, 24, 3, 8, 8, 1),
                 (2, 8, 12, 3, 9, 9, 1),
                 (4, 3, 64, 7, 32, 32, 2), (2, 5, 8, 3, 15, 13, 2), (2, 4, 6, 5, 9, 10, 2), (2, 4, 6, 1, 6, 7, 2)]
 

@@ -8,7 +8,9 @@
 Every engine lives in its own worker process and only one works at a time. After compiling and
 warming up, the engines take turns case by case for ``--rounds`` rounds (the order alternates
 each round), each turn timing ``--steps`` steps (a pipeline: at least 16 batches, after emptying
-its prefetch queues); a round's images/s is batch x steps / seconds
+its prefetch queues) after ``--turn_warmup`` untimed ones (training and inference steps only: an
+engine's first step after idling while the others worked is slow); a round's images/s is
+batch x steps / seconds
 and the table shows the median over rounds with the ratio to the PyTorch peer.
 """
 
@@ -80,6 +82,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds per case and engine")
     parser.add_argument("--steps", type=int, default=3, help="steps per round")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
+    parser.add_argument("--turn_warmup", type=int, default=1,
+                        help="untimed training/inference steps at the start of each turn, after idling")
     parser.add_argument("--tasks", default="train,infer,train.py",
                         help="train: a training step; infer: inference; train.py: Model.train over the CIFAR pipeline")
     parser.add_argument("--engine", action="append", dest="engines", metavar="SPEC",
@@ -114,8 +118,9 @@ def check_args(args: argparse.Namespace) -> None:
     for name in ("batch", "rounds", "steps"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name}={getattr(args, name)} is invalid; expected an integer >= 1")
-    if args.warmup < 0:
-        raise ConfigError(f"--warmup={args.warmup} is invalid; expected an integer >= 0")
+    for name in ("warmup", "turn_warmup"):
+        if getattr(args, name) < 0:
+            raise ConfigError(f"--{name}={getattr(args, name)} is invalid; expected an integer >= 0")
     if not args.config.is_file():
         raise ConfigError(f"--config={args.config}: no such file")
     unknown = [task for task in split_list(args.tasks) if task not in (*MODEL_TASKS, TRAIN_PY_TASK)]
@@ -198,6 +203,8 @@ def measure(plan: list[tuple[Case, list[Engine]]], args: argparse.Namespace, bat
                 if (case, engine.label) not in rounds:
                     continue
                 try:
+                    if args.turn_warmup and case[0] in MODEL_TASKS:
+                        engine.request("run", case, args.turn_warmup)
                     seconds = engine.request("run", case, args.steps)
                 except RuntimeError as error:
                     print(f"[{engine.label}] {case[0]} {case[1]}: {error}", file=sys.stderr, flush=True)
@@ -346,7 +353,8 @@ def main() -> None:
         "machine": machine_info(),
         "load_average": {"before": load_before, "after": load_average()},
         "settings": {"sizes": sizes, "batch": args.batch, "rounds": args.rounds, "steps": args.steps,
-                     "warmup": args.warmup, "tasks": tasks, "pipelines": pipelines, "pipeline_size": pipeline_size,
+                     "warmup": args.warmup, "turn_warmup": args.turn_warmup, "tasks": tasks, "pipelines": pipelines,
+                     "pipeline_size": pipeline_size,
                      "config": _shown_path(args.config), "seconds": round(seconds, 1)},
         "engines": [{"label": e.label, "kind": e.kind,
                      "options": {k: _shown_path(v) if k == "config" else v for k, v in e.options.items()

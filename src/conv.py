@@ -102,12 +102,11 @@ class CompiledConv2d(nn.Conv2d):
 class ConvBiasReLU(nn.Cell):
     """``relu(conv(x, weight) + bias)``, for inference: a convolution with BatchNorm folded into its
     weight and bias (src/googlenet.py, ``fold_batchnorm``). Made from a ``CompiledConv2d``, it is one
-    call of the compiled kernel, for stride 1 on planes of at most ``MAX_FOLDED_KERNEL_PLANE`` values
-    (or the convolution's own limit, if larger), for
-    stride 2 on every plane (conv1: faster than MindSpore's at 32x32 and 224x224 input,
-    docs/PERFORMANCE.md, attempt 19); otherwise MindSpore's Conv2D (the one of ``conv``), BiasAdd and
-    ReLU. The kernel keeps the filter packed after its first call: the weight is a constant of the
-    cell (fold again rather than change it)."""
+    call of the compiled kernel: for stride 1 on planes of at most ``MAX_FOLDED_KERNEL_PLANE`` values
+    (or the convolution's own limit, if larger), for stride 2 on every plane (conv1: faster than
+    MindSpore's at 32x32 and 224x224 input, docs/PERFORMANCE.md, attempt 19); otherwise it is
+    MindSpore's Conv2D (the one of ``conv``), BiasAdd and ReLU. The kernel keeps the filter packed
+    after its first call: the weight is a constant of the cell (fold again rather than change it)."""
 
     def __init__(self, conv: nn.Conv2d, weight: np.ndarray, bias: np.ndarray) -> None:
         super().__init__()

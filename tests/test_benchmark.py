@@ -25,6 +25,7 @@ def short_run(tmp_path_factory):
 def test_short_run_reports_every_case_of_mindspore_and_the_pipelines(short_run):
     _, report = short_run
     assert report["settings"]["sizes"] == [32] and report["settings"]["batch"] == 4
+    assert report["settings"]["turn_warmup"] == 1
     assert report["machine"]["mindspore"] == "2.10.0" and report["machine"]["cores"] >= 1
     ours = {(row["task"], row["size"]): row for row in report["results"] if row["engine"] == "mindspore"}
     assert set(ours) == {(task, 32) for task in TASKS}
@@ -68,6 +69,7 @@ def test_table_has_one_line_per_result(short_run):
     (["--sizes", "16"], "--sizes='16'"),
     (["--tasks", "train,predict"], "unknown task 'predict'"),
     (["--steps", "0"], "--steps=0"),
+    (["--turn_warmup", "-1"], "--turn_warmup=-1"),
 ])
 def test_bad_options_are_one_line_errors(tmp_path, args, fragment):
     result = run_script("benchmark.py", "--short", *args, cwd=tmp_path, timeout=120)

@@ -5,13 +5,12 @@
     python benchmark.py --engine mindspore --engine "mindspore jit_level=O1" --engine torch
     python benchmark.py --short                           # seconds-long smoke run (CI)
 
-Every engine lives in its own worker process and only one works at a time. After compiling and
-warming up, the engines take turns case by case for ``--rounds`` rounds (the order alternates
+Every engine has a worker process per input size, and only one process works at a time. After
+compiling and warming up, the engines take turns case by case for ``--rounds`` rounds (the order alternates
 each round), each turn timing ``--steps`` steps (a pipeline: at least 16 batches, after emptying
 its prefetch queues) after ``--turn_warmup`` untimed ones (training and inference steps only: an
 engine's first step after idling while the others worked is slow); a round's images/s is
-batch x steps / seconds
-and the table shows the median over rounds with the ratio to the PyTorch peer.
+batch x steps / seconds, and the table shows the median over rounds with the ratio to the PyTorch peer.
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from src.bench.engines import MODEL_TASKS, PIPELINE_TASKS, TRAIN_PY_TASK, Case, serve
@@ -326,18 +325,25 @@ def main() -> None:
         for engine in engines:
             if engine.kind == "mindspore" and "cifar10" in folders:
                 engine.options["data"] = folders["cifar10"]
+        # One worker process per engine and input size, as a user's process trains or evaluates at one
+        # size: steps at 224x224 between them slowed our 32x32 steps (docs/PERFORMANCE.md, method).
+        workers = {(e.label, size): replace(e, options=dict(e.options), compile_s={})
+                   for e in engines for size in sizes}
         plan: list[tuple[Case, list[Engine]]] = []
         for task in tasks:
             for size in sizes:
-                runners = [e for e in engines if task != TRAIN_PY_TASK or e.kind == "mindspore"]
+                runners = [workers[(e.label, size)] for e in engines if task != TRAIN_PY_TASK or e.kind == "mindspore"]
                 plan.append(((task, size), runners))
         if pipe_engine:
             plan += [((name, pipeline_size), [pipe_engine]) for name in pipelines]
         load_before = load_average()
-        everyone = engines + ([pipe_engine] if pipe_engine else [])
+        everyone = list(workers.values()) + ([pipe_engine] if pipe_engine else [])
         try:
             for engine in everyone:
                 start(engine, args.batch)
+            for engine in engines:  # an engine's status: its first worker that failed to start, else ok
+                engine.status = next((w.status for (label, _), w in workers.items()
+                                      if label == engine.label and w.status != "ok"), "ok")
             plan = [(case, [e for e in runners if e.status == "ok"]) for case, runners in plan]
             started = time.perf_counter()
             rounds = measure(plan, args, lambda case: args.batch)
@@ -346,6 +352,7 @@ def main() -> None:
             for engine in everyone:
                 stop(engine)
 
+    reported = engines + ([pipe_engine] if pipe_engine else [])
     pipeline_key = ("cifar10", pipeline_size) if "cifar10" in pipelines else None
     summary = summarise(rounds, plan, peer if peer and any(e.label == peer and e.status == "ok" for e in engines)
                         else None, pipeline_size, pipeline_key)
@@ -359,16 +366,16 @@ def main() -> None:
         "engines": [{"label": e.label, "kind": e.kind,
                      "options": {k: _shown_path(v) if k == "config" else v for k, v in e.options.items()
                                  if k not in ("cifar10", "imagenet", "data")},
-                     "status": e.status} for e in everyone],
+                     "status": e.status} for e in reported],
         **summary,
     }
-    print(format_table(summary, everyone), flush=True)
+    print(format_table(summary, reported), flush=True)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.json}", flush=True)
     failed = [f"{row['task']} {row['size']} ({row['engine']})" for row in summary["results"]
               if row["images_per_s"] is None]
-    failed += [f"{e.label} ({e.status})" for e in everyone if e.status != "ok" and e.label != peer]
+    failed += [f"{e.label} ({e.status})" for e in reported if e.status != "ok" and e.label != peer]
     if failed:
         raise UserError(f"no result for: {', '.join(failed)}; see the messages above")
 

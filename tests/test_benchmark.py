@@ -75,3 +75,14 @@ def test_bad_options_are_one_line_errors(tmp_path, args, fragment):
     result = run_script("benchmark.py", "--short", *args, cwd=tmp_path, timeout=120)
     assert_user_error(result, 2, fragment)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_two_sizes_run_in_their_own_workers_and_report_each_engine_once(tmp_path):
+    result = run_script("benchmark.py", "--short", "--sizes", "64,32", "--tasks", "infer", "--pipeline", "",
+                        "--engine", "mindspore", "--json", "bench.json", cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert [(engine["label"], engine["status"]) for engine in report["engines"]] == [("mindspore", "ok")]
+    rows = {(row["task"], row["size"]): row for row in report["results"]}
+    assert set(rows) == {("infer", 64), ("infer", 32)}
+    assert all(row["images_per_s"] > 0 and row["compile_s"] is not None for row in rows.values())

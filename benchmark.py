@@ -6,11 +6,12 @@
     python benchmark.py --short                           # seconds-long smoke run (CI)
 
 Every engine has a worker process per input size, and only one process works at a time. After
-compiling and warming up, the engines take turns case by case for ``--rounds`` rounds (the order alternates
-each round), each turn timing ``--steps`` steps (a pipeline: at least 16 batches, after emptying
-its prefetch queues) after ``--turn_warmup`` untimed ones (training and inference steps only: an
-engine's first step after idling while the others worked is slow); a round's images/s is
-batch x steps / seconds, and the table shows the median over rounds with the ratio to the PyTorch peer.
+compiling and warming up, the engines take turns case by case for ``--rounds`` rounds (the order
+alternates each round), each turn timing ``--steps`` steps (a pipeline: at least 16 batches, after
+emptying its prefetch queues) after ``--turn_warmup`` untimed ones (training and inference steps
+only: an engine's first step after idling while the others worked is slow); a round's images/s is
+batch x steps / seconds, and the table shows the median over rounds with the ratio to the PyTorch
+peer.
 """
 
 from __future__ import annotations

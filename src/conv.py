@@ -112,14 +112,14 @@ class ConvBiasReLU(nn.Cell):
         super().__init__()
         self.weight = Parameter(Tensor(weight), name="weight", requires_grad=False)
         self.bias = Parameter(Tensor(bias), name="bias", requires_grad=False)
-        self.filter_token = Parameter(Tensor(np.array([next(_filter_tokens)], np.int64)), name="filter_token",
-                                      requires_grad=False)
         self.conv2d = conv.conv2d
         self.bias_add = ops.BiasAdd()
         self.relu = ops.ReLU()
         self.fused = None
         self.max_kernel_plane = 0
         if isinstance(conv, CompiledConv2d):
+            self.filter_token = Parameter(Tensor(np.array([next(_filter_tokens)], np.int64)), name="filter_token",
+                                          requires_grad=False)
             stride = conv.kernel_stride
             self.max_kernel_plane = max(conv.max_kernel_plane, MAX_FOLDED_KERNEL_PLANE) if stride == 1 else sys.maxsize
 

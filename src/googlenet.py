@@ -19,6 +19,7 @@ import numpy as np
 from mindspore import Tensor
 from mindspore.common.initializer import TruncatedNormal
 
+from src.batch_norm import BatchNormReLU2d, create_batch_norm_relu, fused_conv_batch_norm_relu
 from src.checkpoint import load_weights
 from src.compiled_kernels import kernel_library
 from src.conv import CompiledConv2d, ConvBiasReLU, compiled_conv_wanted, create_conv
@@ -29,20 +30,27 @@ from src.max_pool import CompiledMaxPool2d, compiled_max_pool_wanted, create_max
 MaxPoolFactory = Callable[[int, int], nn.Cell]
 # (in_channels, out_channels, kernel_size, stride) -> a convolution without bias, 'same' padding
 ConvFactory = Callable[[int, int, int, int], nn.Cell]
+# (channels, eps) -> BatchNorm followed by ReLU
+NormFactory = Callable[[int, float], BatchNormReLU2d]
 
 
 class Conv2dBlock(nn.Cell):
-    """Conv (no bias, 'same' padding) -> BatchNorm -> ReLU."""
+    """Conv (no bias, 'same' padding) -> BatchNorm -> ReLU (``bn``: BatchNorm and ReLU in one cell)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, stride: int = 1,
-                 conv: ConvFactory = create_conv) -> None:
+                 conv: ConvFactory = create_conv, norm: NormFactory = create_batch_norm_relu) -> None:
         super().__init__()
         self.conv = conv(in_channels, out_channels, kernel_size, stride)
-        self.bn = nn.BatchNorm2d(out_channels, eps=1e-3)
-        self.relu = nn.ReLU()
+        self.bn = norm(out_channels, 1e-3)
+        self.fused = fused_conv_batch_norm_relu(self.conv, self.bn)
 
     def construct(self, x: Tensor) -> Tensor:
-        return self.relu(self.bn(self.conv(x)))
+        # decided when the graph is compiled: training, and the convolution on the kernel for this plane
+        if self.training and self.fused is not None and x.shape[2] * x.shape[3] <= self.conv.max_kernel_plane:
+            bn = self.bn
+            return self.fused(x, self.conv.weight, bn.gamma, bn.beta, bn.moving_mean, bn.moving_variance,
+                              bn.settings)[0]
+        return self.bn(self.conv(x))
 
     def folded(self) -> ConvBiasReLU:
         """The same function in inference: BatchNorm's moving statistics folded into the convolution,
@@ -60,15 +68,14 @@ class Inception(nn.Cell):
 
     def __init__(self, in_channels: int, ch1x1: int, ch3x3red: int, ch3x3: int,
                  ch5x5red: int, ch5x5: int, pool_proj: int, max_pool: MaxPoolFactory = create_max_pool,
-                 conv: ConvFactory = create_conv) -> None:
+                 conv: ConvFactory = create_conv, norm: NormFactory = create_batch_norm_relu) -> None:
         super().__init__()
-        self.branch1 = Conv2dBlock(in_channels, ch1x1, 1, conv=conv)
-        self.branch2 = nn.SequentialCell(Conv2dBlock(in_channels, ch3x3red, 1, conv=conv),
-                                         Conv2dBlock(ch3x3red, ch3x3, 3, conv=conv))
+        block = functools.partial(Conv2dBlock, conv=conv, norm=norm)
+        self.branch1 = block(in_channels, ch1x1, 1)
+        self.branch2 = nn.SequentialCell(block(in_channels, ch3x3red, 1), block(ch3x3red, ch3x3, 3))
         # The paper's 5x5 branch; 3x3 here, as in the model zoo.
-        self.branch3 = nn.SequentialCell(Conv2dBlock(in_channels, ch5x5red, 1, conv=conv),
-                                         Conv2dBlock(ch5x5red, ch5x5, 3, conv=conv))
-        self.branch4 = nn.SequentialCell(max_pool(3, 1), Conv2dBlock(in_channels, pool_proj, 1, conv=conv))
+        self.branch3 = nn.SequentialCell(block(in_channels, ch5x5red, 1), block(ch5x5red, ch5x5, 3))
+        self.branch4 = nn.SequentialCell(max_pool(3, 1), block(in_channels, pool_proj, 1))
         self.concat = ops.Concat(axis=1)
 
     def construct(self, x: Tensor) -> Tensor:
@@ -80,28 +87,30 @@ class GoogleNet(nn.Cell):
     (N, 1024, H/32, W/32) feature map, in training and evaluation alike."""
 
     def __init__(self, num_classes: int = 1000, include_top: bool = True, dropout_rate: float = 0.2,
-                 max_pool: MaxPoolFactory = create_max_pool, conv: ConvFactory = create_conv) -> None:
+                 max_pool: MaxPoolFactory = create_max_pool, conv: ConvFactory = create_conv,
+                 norm: NormFactory = create_batch_norm_relu) -> None:
         super().__init__()
         self.include_top = include_top
-        self.conv1 = Conv2dBlock(3, 64, kernel_size=7, stride=2, conv=conv)
+        block = functools.partial(Conv2dBlock, conv=conv, norm=norm)
+        self.conv1 = block(3, 64, kernel_size=7, stride=2)
         self.maxpool1 = max_pool(3, 2)
-        self.conv2 = Conv2dBlock(64, 64, kernel_size=1, conv=conv)
-        self.conv3 = Conv2dBlock(64, 192, kernel_size=3, conv=conv)
+        self.conv2 = block(64, 64, kernel_size=1)
+        self.conv3 = block(64, 192, kernel_size=3)
         self.maxpool2 = max_pool(3, 2)
 
-        self.inception3a = Inception(192, 64, 96, 128, 16, 32, 32, max_pool, conv)
-        self.inception3b = Inception(256, 128, 128, 192, 32, 96, 64, max_pool, conv)
+        self.inception3a = Inception(192, 64, 96, 128, 16, 32, 32, max_pool, conv, norm)
+        self.inception3b = Inception(256, 128, 128, 192, 32, 96, 64, max_pool, conv, norm)
         self.maxpool3 = max_pool(3, 2)
 
-        self.inception4a = Inception(480, 192, 96, 208, 16, 48, 64, max_pool, conv)
-        self.inception4b = Inception(512, 160, 112, 224, 24, 64, 64, max_pool, conv)
-        self.inception4c = Inception(512, 128, 128, 256, 24, 64, 64, max_pool, conv)
-        self.inception4d = Inception(512, 112, 144, 288, 32, 64, 64, max_pool, conv)
-        self.inception4e = Inception(528, 256, 160, 320, 32, 128, 128, max_pool, conv)
+        self.inception4a = Inception(480, 192, 96, 208, 16, 48, 64, max_pool, conv, norm)
+        self.inception4b = Inception(512, 160, 112, 224, 24, 64, 64, max_pool, conv, norm)
+        self.inception4c = Inception(512, 128, 128, 256, 24, 64, 64, max_pool, conv, norm)
+        self.inception4d = Inception(512, 112, 144, 288, 32, 64, 64, max_pool, conv, norm)
+        self.inception4e = Inception(528, 256, 160, 320, 32, 128, 128, max_pool, conv, norm)
         self.maxpool4 = max_pool(2, 2)
 
-        self.inception5a = Inception(832, 256, 160, 320, 32, 128, 128, max_pool, conv)
-        self.inception5b = Inception(832, 384, 192, 384, 48, 128, 128, max_pool, conv)
+        self.inception5a = Inception(832, 256, 160, 320, 32, 128, 128, max_pool, conv, norm)
+        self.inception5b = Inception(832, 384, 192, 384, 48, 128, 128, max_pool, conv, norm)
 
         self.mean = ops.ReduceMean(keep_dims=True)
         self.flatten = nn.Flatten()
@@ -166,8 +175,9 @@ def create_model(num_classes: int, include_top: bool = True, dropout_rate: float
     src/max_pool.py and src/conv.py (same function and parameters, faster on CPU); never for export."""
     max_pool = functools.partial(create_max_pool, compiled=True) if compiled_max_pool else create_max_pool
     conv = functools.partial(create_conv, compiled=True) if compiled_conv else create_conv
+    norm = functools.partial(create_batch_norm_relu, compiled=True) if compiled_conv else create_batch_norm_relu
     return GoogleNet(num_classes=num_classes, include_top=include_top, dropout_rate=dropout_rate,
-                     max_pool=max_pool, conv=conv)
+                     max_pool=max_pool, conv=conv, norm=norm)
 
 
 def create_model_from_config(config) -> GoogleNet:

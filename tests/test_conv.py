@@ -135,8 +135,9 @@ def test_one_kernel_thread_gives_the_same_values(library, tmp_path):
 
 
 def test_a_training_step_of_the_network_matches(kernel_cache):
-    """32x32 input (planes 2x2 and 1x1 through the kernel, 4x4 at the limit): same loss and the same
-    parameter updates as with MindSpore's convolutions, up to float32 rounding."""
+    """32x32 input (planes 2x2 and 1x1 through the kernel, 4x4 at the limit; BatchNorm and ReLU on the
+    kernel too): same loss, the same parameter updates and moving statistics as with MindSpore's
+    convolutions and BatchNorm, up to float32 rounding."""
     ms.set_context(mode=ms.GRAPH_MODE)
     config = load_config([f"--config_path={CPU_CONFIG}", "--batch_size=8", "--dropout_rate=0"])
     rng = np.random.default_rng(0)
@@ -151,10 +152,13 @@ def test_a_training_step_of_the_network_matches(kernel_cache):
         step = create_train_model(config, net, np.full(10, 0.1, np.float32))._train_network
         step.set_train(True)
         loss = float(step(images, labels).asnumpy())
-        results.append((loss, {p.name: p.asnumpy() - before[p.name] for p in net.trainable_params()}))
+        updates = {p.name: p.asnumpy() - before[p.name] for p in net.trainable_params()}
+        # the moving statistics, which the BatchNorm kernel updates in place
+        updates.update({p.name: p.asnumpy() for p in net.get_parameters() if ".moving_" in p.name})
+        results.append((loss, updates))
     (loss_stock, updates_stock), (loss_compiled, updates_compiled) = results
     assert loss_compiled == pytest.approx(loss_stock, rel=1e-5)
-    assert updates_compiled.keys() == updates_stock.keys()
+    assert updates_compiled.keys() == updates_stock.keys() and len(updates_stock) == 57 * 5 + 2
     for name, update in updates_stock.items():
         difference = np.linalg.norm(updates_compiled[name] - update)
         assert difference <= 1e-3 * np.linalg.norm(update), (name, difference, np.linalg.norm(update))

@@ -34,6 +34,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
@@ -618,6 +619,31 @@ void Forward(const float *x, const float *w, const ConvShape &s, float *y) {
   }
 }
 
+// dx of the convolution from dy (the forward convolution's shape s).
+void GradientOfInput(const float *dy, const float *w, const ConvShape &s, float *dx) {
+  if (CoversPlane(s)) {  // dx(C*P, N) = W^T . dy(OC*P, N)
+    Convolve(dy, DenseFilter(s).Transposed(w), AsDense(s, s.oc, s.c), dx);
+  } else if (s.k == 1) {  // dx = conv(dy, w^T), the filter read transposed
+    Convolve(dy, Matrix{w, 1, s.c}, ConvShape{s.n, s.oc, s.h, s.w, s.c, 1}, dx);
+  } else {
+    InputGradient(dy, w, s, dx);
+  }
+}
+
+// dw of the convolution from x and dy.
+void GradientOfFilter(const float *x, const float *dy, const ConvShape &s, float *dw) {
+  const int64_t taps = s.k * s.k, centre = taps / 2;
+  if (s.k == 1 || s.plane() > 1) {
+    FilterGradient(x, dy, s, dw);
+    return;
+  }
+  thread_local std::vector<float> centres;  // the only taps that see the plane
+  centres.resize(s.oc * s.c);
+  FilterGradient(x, dy, ConvShape{s.n, s.c, 1, 1, s.oc, 1}, centres.data());
+  std::fill(dw, dw + s.oc * s.depth(), 0.0f);
+  for (int64_t i = 0; i < s.oc * s.c; ++i) dw[i * taps + centre] = centres[i];
+}
+
 // ---- filters packed once, for inference ----
 // A folded inference network calls each convolution with the same filter every time, so its GEMM's
 // A (the filter, or the dense map read from it) is packed on the first call and kept. The key is a
@@ -677,6 +703,168 @@ int BiasReluForward(int nparam, void **params, int *ndims, int64_t **shapes, con
   return 0;
 }
 
+// ---- BatchNorm + ReLU in training ----
+// MindSpore's BatchNorm in training (ops.BatchNorm, is_training=True), then ReLU, as one operation;
+// its gradient (BatchNormGrad after ReluGrad) as one more. A network of small planes spends more in
+// launching these four MindSpore operations than in their arithmetic (docs/PERFORMANCE.md, attempt 25).
+// Per channel over its M = N*H*W values: the batch mean and biased variance normalise the values;
+// the moving statistics, parameters of the network, are updated in place with weight `momentum` for
+// the batch's mean and unbiased variance, as MindSpore's operation does.
+
+struct ChannelsShape {
+  int64_t n, c, plane;
+  int64_t values() const { return n * c * plane; }
+  double per_channel() const { return static_cast<double>(n) * plane; }
+  // On planes smaller than a vector the loops run along whole images instead of along planes, with
+  // the per-channel values spread over the plane's positions so that they vectorise.
+  bool spread() const { return plane <= 16; }
+};
+
+// Per-channel values laid out for ChannelSums and ChannelMap: entry k = channel, or with spread()
+// channel * plane + position.
+std::vector<float> Spread(const ChannelsShape &s, int64_t c0, int64_t c1, const std::function<float(int64_t)> &value) {
+  const int64_t repeat = s.spread() ? s.plane : 1;
+  std::vector<float> out(s.c * repeat);
+  for (int64_t ch = c0; ch < c1; ++ch) std::fill_n(out.begin() + ch * repeat, repeat, value(ch));
+  return out;
+}
+
+// Two sums per channel ch in [c0, c1) in one pass: first[ch] of f(i, k) and second[ch] of g(i, k)
+// over the channel's values, i a value's index in the tensor and k its entry in per-channel arrays
+// laid out by Spread.
+template <typename F, typename G>
+void ChannelSums(const ChannelsShape &s, int64_t c0, int64_t c1, F f, G g, double *first, double *second) {
+  if (!s.spread()) {
+    for (int64_t ch = c0; ch < c1; ++ch) {
+      double total_f = 0.0, total_g = 0.0;
+      for (int64_t i = 0; i < s.n; ++i) {
+        const int64_t base = (i * s.c + ch) * s.plane;
+        float part_f = 0.0f, part_g = 0.0f;
+#pragma omp simd reduction(+ : part_f, part_g)
+        for (int64_t p = 0; p < s.plane; ++p) {
+          part_f += f(base + p, ch);
+          part_g += g(base + p, ch);
+        }
+        total_f += part_f;
+        total_g += part_g;
+      }
+      first[ch] = total_f;
+      second[ch] = total_g;
+    }
+    return;
+  }
+  const int64_t j0 = c0 * s.plane, j1 = c1 * s.plane;
+  thread_local std::vector<double> partials;
+  partials.assign(2 * (j1 - j0), 0.0);
+  double *partial_f = partials.data() - j0, *partial_g = partial_f + (j1 - j0);
+  for (int64_t i = 0; i < s.n; ++i) {
+    const int64_t base = i * s.c * s.plane;
+    for (int64_t j = j0; j < j1; ++j) {
+      partial_f[j] += f(base + j, j);
+      partial_g[j] += g(base + j, j);
+    }
+  }
+  for (int64_t ch = c0; ch < c1; ++ch) {
+    first[ch] = second[ch] = 0.0;
+    for (int64_t p = 0; p < s.plane; ++p) {
+      first[ch] += partial_f[ch * s.plane + p];
+      second[ch] += partial_g[ch * s.plane + p];
+    }
+  }
+}
+
+// f(i, k) for every value of channels [c0, c1), as in ChannelSums.
+template <typename F>
+void ChannelMap(const ChannelsShape &s, int64_t c0, int64_t c1, F f) {
+  for (int64_t i = 0; i < s.n; ++i) {
+    if (s.spread()) {
+      const int64_t base = i * s.c * s.plane;
+      for (int64_t j = c0 * s.plane; j < c1 * s.plane; ++j) f(base + j, j);
+    } else {
+      for (int64_t ch = c0; ch < c1; ++ch) {
+        const int64_t base = (i * s.c + ch) * s.plane;
+        for (int64_t p = 0; p < s.plane; ++p) f(base + p, ch);
+      }
+    }
+  }
+}
+
+// task(c0, c1) over ranges of channels; shared between the threads when the tensor is large.
+void ForChannels(const ChannelsShape &s, const std::function<void(int64_t, int64_t)> &task) {
+  const int64_t pieces = s.values() < kSharedPassValues ? 1 : std::min(s.c, Workers::Get().Threads() * kPiecesPerThread);
+  Workers::Get().Run(pieces, [&](int64_t piece) { task(piece * s.c / pieces, (piece + 1) * s.c / pieces); });
+}
+
+// The elementwise functions below capture raw pointers by value: through a captured reference the
+// compiler must assume that a store may change the pointer, and gives up vectorising.
+void BatchNormReluForward(const float *z, const ChannelsShape &s, const float *gamma, const float *beta, float epsilon,
+                          float momentum, float *moving_mean, float *moving_variance, float *y, float *mean,
+                          float *inverse_std) {
+  ForChannels(s, [&](int64_t c0, int64_t c1) {
+    // Mean and variance in one pass over z - pivot, the pivot a value of the channel (close enough
+    // to the mean that the variance does not cancel away).
+    const std::vector<float> spread_pivot = Spread(s, c0, c1, [&](int64_t ch) { return z[ch * s.plane]; });
+    const float *pivot = spread_pivot.data();
+    std::vector<double> sums(s.c), squares(s.c);
+    ChannelSums(s, c0, c1, [z, pivot](int64_t i, int64_t k) { return z[i] - pivot[k]; },
+                [z, pivot](int64_t i, int64_t k) { return (z[i] - pivot[k]) * (z[i] - pivot[k]); }, sums.data(),
+                squares.data());
+    for (int64_t ch = c0; ch < c1; ++ch) {
+      const double shifted_mean = sums[ch] / s.per_channel();
+      const double variance = std::max(squares[ch] / s.per_channel() - shifted_mean * shifted_mean, 0.0);
+      mean[ch] = static_cast<float>(z[ch * s.plane] + shifted_mean);
+      inverse_std[ch] = static_cast<float>(1.0 / std::sqrt(variance + epsilon));
+      const double unbiased = variance * s.per_channel() / std::max(s.per_channel() - 1.0, 1.0);
+      moving_mean[ch] = static_cast<float>((1.0 - momentum) * moving_mean[ch] + momentum * mean[ch]);
+      moving_variance[ch] = static_cast<float>((1.0 - momentum) * moving_variance[ch] + momentum * unbiased);
+    }
+    const std::vector<float> scale = Spread(s, c0, c1, [&](int64_t ch) { return gamma[ch] * inverse_std[ch]; });
+    const std::vector<float> shift = Spread(s, c0, c1, [&](int64_t ch) {
+      return beta[ch] - mean[ch] * gamma[ch] * inverse_std[ch];
+    });
+    const float *a = scale.data(), *b = shift.data();
+    ChannelMap(s, c0, c1, [z, y, a, b](int64_t i, int64_t k) { y[i] = std::max(z[i] * a[k] + b[k], 0.0f); });
+  });
+}
+
+// ReLU's gradient; both values are read whatever y is, which lets the loops below vectorise.
+inline float ThroughRelu(float y, float dy) { return y > 0.0f ? dy : 0.0f; }
+
+// dz from dy through ReLU (where y > 0) and BatchNorm with batch statistics; dgamma, dbeta:
+// with g the gradient through ReLU and xhat = (z - mean) * inverse_std,
+// dz = gamma * inverse_std * (g - mean(g) - xhat * mean(g * xhat)), dgamma = sum(g * xhat), dbeta = sum(g).
+void BatchNormReluBackward(const float *dy, const float *z, const float *y, const ChannelsShape &s,
+                           const float *gamma, const float *mean, const float *inverse_std, float *dz, float *dgamma,
+                           float *dbeta) {
+  ForChannels(s, [&](int64_t c0, int64_t c1) {
+    const std::vector<float> spread_mean = Spread(s, c0, c1, [&](int64_t ch) { return mean[ch]; });
+    const std::vector<float> spread_inverse = Spread(s, c0, c1, [&](int64_t ch) { return inverse_std[ch]; });
+    const float *m = spread_mean.data(), *inv = spread_inverse.data();
+    std::vector<double> sums(s.c), weighted(s.c);
+    ChannelSums(s, c0, c1, [y, dy](int64_t i, int64_t) { return ThroughRelu(y[i], dy[i]); },
+                [y, dy, z, m, inv](int64_t i, int64_t k) { return ThroughRelu(y[i], dy[i]) * (z[i] - m[k]) * inv[k]; },
+                sums.data(), weighted.data());
+    for (int64_t ch = c0; ch < c1; ++ch) {
+      dgamma[ch] = static_cast<float>(weighted[ch]);
+      dbeta[ch] = static_cast<float>(sums[ch]);
+    }
+    const std::vector<float> spread_scale = Spread(s, c0, c1, [&](int64_t ch) { return gamma[ch] * inverse_std[ch]; });
+    const std::vector<float> spread_mean_g = Spread(s, c0, c1, [&](int64_t ch) {
+      return static_cast<float>(sums[ch] / s.per_channel());
+    });
+    const std::vector<float> spread_slope = Spread(s, c0, c1, [&](int64_t ch) {
+      return static_cast<float>(weighted[ch] / s.per_channel()) * inverse_std[ch];
+    });
+    const float *scale = spread_scale.data(), *mean_g = spread_mean_g.data(), *slope = spread_slope.data();
+    ChannelMap(s, c0, c1, [y, dy, z, dz, m, scale, mean_g, slope](int64_t i, int64_t k) {
+      const float g = ThroughRelu(y[i], dy[i]);
+      dz[i] = scale[k] * (g - mean_g[k] - (z[i] - m[k]) * slope[k]);
+    });
+  });
+}
+
+bool ChannelVectors(const int64_t *shape, int ndim, int64_t c) { return ndim == 1 && shape[0] == c; }
+
 }  // namespace
 
 extern "C" {
@@ -708,16 +896,8 @@ int ConvGradInput(int nparam, void **params, int *ndims, int64_t **shapes, const
   if (!ReadShape(shapes[2], shapes[1], &s)) return 3;
   const int64_t expected[4] = {s.n, s.oc, s.h, s.w};
   if (!SameShape(ndims[0], shapes[0], expected)) return 3;
-  const auto *dy = static_cast<const float *>(params[0]);
-  const auto *w = static_cast<const float *>(params[1]);
-  auto *dx = static_cast<float *>(params[2]);
-  if (CoversPlane(s)) {  // dx(C*P, N) = W^T . dy(OC*P, N)
-    Convolve(dy, DenseFilter(s).Transposed(w), AsDense(s, s.oc, s.c), dx);
-  } else if (s.k == 1) {  // dx = conv(dy, w^T), the filter read transposed
-    Convolve(dy, Matrix{w, 1, s.c}, ConvShape{s.n, s.oc, s.h, s.w, s.c, 1}, dx);
-  } else {
-    InputGradient(dy, w, s, dx);
-  }
+  GradientOfInput(static_cast<const float *>(params[0]), static_cast<const float *>(params[1]), s,
+                  static_cast<float *>(params[2]));
   return 0;
 }
 
@@ -727,19 +907,99 @@ int ConvGradFilter(int nparam, void **params, int *ndims, int64_t **shapes, cons
   if (!ReadShape(shapes[0], shapes[2], &s)) return 3;
   const int64_t expected[4] = {s.n, s.oc, s.h, s.w};
   if (!SameShape(ndims[1], shapes[1], expected) || !SameShape(ndims[3], shapes[3], shapes[2])) return 3;
-  const auto *x = static_cast<const float *>(params[0]);
-  const auto *dy = static_cast<const float *>(params[1]);
-  auto *dw = static_cast<float *>(params[3]);
-  const int64_t taps = s.k * s.k, centre = taps / 2;
-  if (s.k == 1 || s.plane() > 1) {
-    FilterGradient(x, dy, s, dw);
-    return 0;
+  GradientOfFilter(static_cast<const float *>(params[0]), static_cast<const float *>(params[1]), s,
+                   static_cast<float *>(params[3]));
+  return 0;
+}
+
+// BatchNormReluTrain(z[N,C,H,W], gamma[C], beta[C], moving_mean[C], moving_variance[C],
+//                    settings[2] = {epsilon, momentum}) -> y[N,C,H,W], mean[C], inverse_std[C];
+// moving_mean and moving_variance are updated in place.
+int BatchNormReluTrain(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
+  if (const int error = CheckArguments(nparam, "411111411", ndims, dtypes)) return error;
+  const ChannelsShape s{shapes[0][0], shapes[0][1], shapes[0][2] * shapes[0][3]};
+  for (const int i : {1, 2, 3, 4, 7, 8}) {
+    if (!ChannelVectors(shapes[i], ndims[i], s.c)) return 3;
   }
-  thread_local std::vector<float> centres;  // the only taps that see the plane
-  centres.resize(s.oc * s.c);
-  FilterGradient(x, dy, ConvShape{s.n, s.c, 1, 1, s.oc, 1}, centres.data());
-  std::fill(dw, dw + s.oc * s.depth(), 0.0f);
-  for (int64_t i = 0; i < s.oc * s.c; ++i) dw[i * taps + centre] = centres[i];
+  if (shapes[5][0] != 2 || !SameShape(ndims[6], shapes[6], shapes[0])) return 3;
+  const auto *settings = static_cast<const float *>(params[5]);
+  BatchNormReluForward(static_cast<const float *>(params[0]), s, static_cast<const float *>(params[1]),
+                       static_cast<const float *>(params[2]), settings[0], settings[1], static_cast<float *>(params[3]),
+                       static_cast<float *>(params[4]), static_cast<float *>(params[6]),
+                       static_cast<float *>(params[7]), static_cast<float *>(params[8]));
+  return 0;
+}
+
+// BatchNormReluGrad(dy, z, y [N,C,H,W], gamma, mean, inverse_std [C]) -> dz[N,C,H,W], dgamma[C], dbeta[C]
+int BatchNormReluGrad(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
+  if (const int error = CheckArguments(nparam, "444111411", ndims, dtypes)) return error;
+  const ChannelsShape s{shapes[0][0], shapes[0][1], shapes[0][2] * shapes[0][3]};
+  for (const int i : {1, 2, 6}) {
+    if (!SameShape(ndims[i], shapes[i], shapes[0])) return 3;
+  }
+  for (const int i : {3, 4, 5, 7, 8}) {
+    if (!ChannelVectors(shapes[i], ndims[i], s.c)) return 3;
+  }
+  BatchNormReluBackward(static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
+                        static_cast<const float *>(params[2]), s, static_cast<const float *>(params[3]),
+                        static_cast<const float *>(params[4]), static_cast<const float *>(params[5]),
+                        static_cast<float *>(params[6]), static_cast<float *>(params[7]),
+                        static_cast<float *>(params[8]));
+  return 0;
+}
+
+// ConvBatchNormReluTrain(x[N,C,H,W], w[OC,C,K,K], gamma, beta, moving_mean, moving_variance [OC],
+//                        settings[2]) -> y[N,OC,H,W], z[N,OC,H,W] (the convolution's output, kept for the
+// gradient), mean[OC], inverse_std[OC]: a stride-1 convolution, then BatchNormReluTrain.
+int ConvBatchNormReluTrain(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
+                           void *) {
+  if (const int error = CheckArguments(nparam, "44111114411", ndims, dtypes)) return error;
+  ConvShape s{};
+  if (!ReadShape(shapes[0], shapes[1], &s)) return 3;
+  const int64_t expected[4] = {s.n, s.oc, s.h, s.w};
+  for (const int i : {2, 3, 4, 5, 9, 10}) {
+    if (!ChannelVectors(shapes[i], ndims[i], s.oc)) return 3;
+  }
+  if (shapes[6][0] != 2 || !SameShape(ndims[7], shapes[7], expected) || !SameShape(ndims[8], shapes[8], expected)) {
+    return 3;
+  }
+  auto *z = static_cast<float *>(params[8]);
+  Forward(static_cast<const float *>(params[0]), static_cast<const float *>(params[1]), s, z);
+  const auto *settings = static_cast<const float *>(params[6]);
+  BatchNormReluForward(z, ChannelsShape{s.n, s.oc, s.plane()}, static_cast<const float *>(params[2]),
+                       static_cast<const float *>(params[3]), settings[0], settings[1], static_cast<float *>(params[4]),
+                       static_cast<float *>(params[5]), static_cast<float *>(params[7]),
+                       static_cast<float *>(params[9]), static_cast<float *>(params[10]));
+  return 0;
+}
+
+// ConvBatchNormReluGrad(dy, x, w, z, y, gamma, mean, inverse_std) -> dx, dw, dgamma, dbeta: the gradient
+// of ConvBatchNormReluTrain (BatchNormReluGrad, then the convolution's two gradients).
+int ConvBatchNormReluGrad(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
+                          void *) {
+  if (const int error = CheckArguments(nparam, "444441114411", ndims, dtypes)) return error;
+  ConvShape s{};
+  if (!ReadShape(shapes[1], shapes[2], &s)) return 3;
+  const int64_t expected[4] = {s.n, s.oc, s.h, s.w};
+  for (const int i : {0, 3, 4}) {
+    if (!SameShape(ndims[i], shapes[i], expected)) return 3;
+  }
+  for (const int i : {5, 6, 7, 10, 11}) {
+    if (!ChannelVectors(shapes[i], ndims[i], s.oc)) return 3;
+  }
+  if (!SameShape(ndims[8], shapes[8], shapes[1]) || !SameShape(ndims[9], shapes[9], shapes[2])) return 3;
+  thread_local std::vector<float> dz;
+  dz.resize(s.n * s.oc * s.plane());
+  BatchNormReluBackward(static_cast<const float *>(params[0]), static_cast<const float *>(params[3]),
+                        static_cast<const float *>(params[4]), ChannelsShape{s.n, s.oc, s.plane()},
+                        static_cast<const float *>(params[5]), static_cast<const float *>(params[6]),
+                        static_cast<const float *>(params[7]), dz.data(), static_cast<float *>(params[10]),
+                        static_cast<float *>(params[11]));
+  const auto *x = static_cast<const float *>(params[1]);
+  const auto *w = static_cast<const float *>(params[2]);
+  const float *gradient = dz.data();  // thread_local: the kernels' workers must not name it themselves
+  GradientOfInput(gradient, w, s, static_cast<float *>(params[8]));
+  GradientOfFilter(x, gradient, s, static_cast<float *>(params[9]));
   return 0;
 }
 

@@ -1,0 +1,133 @@
+"""BatchNorm + ReLU in training on the compiled kernel (src/batch_norm.py, src/kernels/conv.cc), alone
+and fused with the convolution before it, against MindSpore's BatchNorm and ReLU."""
+
+from __future__ import annotations
+
+import functools
+
+import mindspore as ms
+import numpy as np
+import pytest
+from mindspore import nn, ops
+
+from src.batch_norm import BatchNormReLU2d, create_batch_norm_relu
+from src.conv import CompiledConv2d, create_conv
+from src.googlenet import Conv2dBlock, create_model
+from tests.conftest import build_kernel
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory):
+    return build_kernel("conv", tmp_path_factory.mktemp("kernel_cache"))
+
+
+class _Gradients(nn.Cell):
+    """Gradients of sum(cell(x) * dy) with respect to x and the cell's trainable parameters."""
+
+    def __init__(self, cell: nn.Cell) -> None:
+        super().__init__()
+        self.cell = cell
+        self.weights = ms.ParameterTuple(cell.trainable_params())
+        self.grad = ops.GradOperation(get_all=True, get_by_list=True, sens_param=True)
+
+    def construct(self, x, dy):
+        return self.grad(self.cell, self.weights)(x, dy)
+
+
+def _assert_close(got, expected, what: str, tolerance: float = 2e-5) -> None:
+    got, expected = np.asarray(got), np.asarray(expected)
+    assert got.shape == expected.shape, what
+    scale = float(np.abs(expected).max()) or 1.0
+    error = float(np.abs(got - expected).max()) / scale
+    assert error < tolerance, (what, error)
+
+
+def _same_statistics(cells, channels: int, rng) -> None:
+    """The same gamma, beta and moving statistics (not the defaults: every term counts) in each cell."""
+    values = {"gamma": rng.uniform(0.5, 1.5, channels), "beta": rng.uniform(-0.5, 0.5, channels),
+              "moving_mean": rng.uniform(-0.2, 0.2, channels), "moving_variance": rng.uniform(0.5, 2.0, channels)}
+    for cell in cells:
+        for name, value in values.items():
+            getattr(cell, name).set_data(ms.Tensor(value.astype(np.float32)))
+
+
+def _compare(stock: nn.Cell, compiled: nn.Cell, bns, x: np.ndarray, dy: np.ndarray) -> None:
+    """Output and moving statistics after one training call, then the gradients."""
+    stock.set_train(True)
+    compiled.set_train(True)
+    x, dy = ms.Tensor(x), ms.Tensor(dy)
+    _assert_close(compiled(x).asnumpy(), stock(x).asnumpy(), "output")
+    for name in ("moving_mean", "moving_variance"):
+        _assert_close(getattr(bns[1], name).asnumpy(), getattr(bns[0], name).asnumpy(), name, 1e-6)
+    (dx_compiled,), weights_compiled = _Gradients(compiled)(x, dy)
+    (dx_stock,), weights_stock = _Gradients(stock)(x, dy)
+    _assert_close(dx_compiled.asnumpy(), dx_stock.asnumpy(), "input gradient")
+    names = [p.name for p in stock.trainable_params()]
+    for name, got, expected in zip(names, weights_compiled, weights_stock, strict=True):
+        _assert_close(got.asnumpy(), expected.asnumpy(), f"gradient of {name}")
+
+
+# (batch, channels, height, width): 1x1, 2x2 and 4x4 planes (GoogleNet at 32x32; the loops run along
+# whole images there), 8x8 and odd planes (along each plane), one tensor large enough to share
+# between the kernel's threads (2**19 values), a single image.
+SHAPES = [(8, 384, 1, 1), (32, 20, 2, 2), (6, 10, 4, 4), (4, 12, 8, 8), (3, 5, 3, 5), (32, 64, 16, 16),
+          (1, 7, 6, 6)]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_training_equals_mindspores_batchnorm_and_relu(library, shape):
+    ms.set_context(mode=ms.GRAPH_MODE)
+    rng = np.random.default_rng(0)
+    stock, compiled = BatchNormReLU2d(shape[1]), BatchNormReLU2d(shape[1], library=library)
+    assert stock.fused is None and compiled.fused is not None
+    _same_statistics([stock, compiled], shape[1], rng)
+    x = (rng.standard_normal(shape) * 2 + 0.5).astype(np.float32)
+    _compare(stock, compiled, (stock, compiled), x, rng.standard_normal(shape).astype(np.float32))
+
+
+def test_evaluation_uses_the_moving_statistics(library):
+    """Out of training the cell is MindSpore's BatchNorm (moving statistics) and ReLU, bit for bit."""
+    ms.set_context(mode=ms.GRAPH_MODE)
+    rng = np.random.default_rng(1)
+    stock, compiled = BatchNormReLU2d(6), BatchNormReLU2d(6, library=library)
+    _same_statistics([stock, compiled], 6, rng)
+    stock.set_train(False)
+    compiled.set_train(False)
+    x = ms.Tensor(rng.standard_normal((4, 6, 2, 2)).astype(np.float32))
+    expected = np.maximum(stock.bn_infer(x, stock.gamma, stock.beta, stock.moving_mean, stock.moving_variance)[0]
+                          .asnumpy(), 0)
+    np.testing.assert_array_equal(compiled(x).asnumpy(), expected)
+    np.testing.assert_array_equal(stock(x).asnumpy(), expected)
+
+
+# (batch, in, out, kernel, plane): the kernel's paths for the convolution (dense maps on 1x1 and 2x2
+# planes, im2col on 4x4, a 1x1 kernel) and, at 8x8, a plane above the training limit, where the block
+# runs MindSpore's Conv2D followed by the BatchNorm kernel.
+BLOCKS = [(8, 16, 24, 3, 1), (32, 20, 36, 3, 2), (8, 24, 40, 3, 4), (5, 7, 9, 1, 2), (4, 8, 12, 3, 8)]
+
+
+@pytest.mark.parametrize("shape", BLOCKS, ids=lambda s: "x".join(map(str, s)))
+def test_a_fused_convolution_block_equals_mindspores(library, kernel_cache, shape):
+    ms.set_context(mode=ms.GRAPH_MODE)
+    batch, in_channels, out_channels, kernel, plane = shape
+    rng = np.random.default_rng(2)
+    stock = Conv2dBlock(in_channels, out_channels, kernel)
+    compiled = Conv2dBlock(in_channels, out_channels, kernel, conv=functools.partial(create_conv, compiled=True),
+                           norm=functools.partial(create_batch_norm_relu, compiled=True))
+    assert isinstance(compiled.conv, CompiledConv2d) and compiled.fused is not None and stock.fused is None
+    compiled.conv.weight.set_data(stock.conv.weight.data.copy())
+    _same_statistics([stock.bn, compiled.bn], out_channels, rng)
+    x = rng.standard_normal((batch, in_channels, plane, plane)).astype(np.float32)
+    dy = rng.standard_normal((batch, out_channels, plane, plane)).astype(np.float32)
+    _compare(stock, compiled, (stock.bn, compiled.bn), x, dy)
+
+
+def test_which_blocks_use_it(kernel_cache):
+    """With compiled_conv every BatchNorm trains on the kernel; the stride-1 convolutions (not conv1)
+    also fuse with it (where their plane is on the kernel); without it, none."""
+    compiled, stock = create_model(10, compiled_conv=True), create_model(10, compiled_conv=False)
+    blocks = [cell for _, cell in compiled.cells_and_names() if isinstance(cell, Conv2dBlock)]
+    assert len(blocks) == 57 and all(block.bn.fused is not None for block in blocks)
+    assert [block.fused is None for block in blocks].count(True) == 1 and compiled.conv1.fused is None
+    plain = [cell for _, cell in stock.cells_and_names() if isinstance(cell, Conv2dBlock)]
+    assert all(block.fused is None and block.bn.fused is None for block in plain)

@@ -56,8 +56,14 @@ class BatchNormReLU2d(nn.BatchNorm2d):
         self.fused = ops.Custom(f"{library}:BatchNormReluTrain", out_shape=statistics_shape, out_dtype=float32,
                                    func_type="aot", bprop=bprop)
 
+    def on_kernel(self) -> bool:
+        """Whether this call normalises with batch statistics on the kernel: in training, unless
+        ``use_batch_statistics`` says otherwise (False: moving statistics, as a frozen backbone has)."""
+        batch_statistics = self.training if self.use_batch_statistics is None else self.use_batch_statistics
+        return self.fused is not None and batch_statistics
+
     def construct(self, x: Tensor) -> Tensor:
-        if self.training and self.fused is not None:
+        if self.on_kernel():
             return self.fused(x, self.gamma, self.beta, self.moving_mean, self.moving_variance, self.settings)[0]
         return self.relu(super().construct(x))
 

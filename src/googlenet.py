@@ -45,8 +45,8 @@ class Conv2dBlock(nn.Cell):
         self.fused = fused_conv_batch_norm_relu(self.conv, self.bn)
 
     def construct(self, x: Tensor) -> Tensor:
-        # decided when the graph is compiled: training, and the convolution on the kernel for this plane
-        if self.training and self.fused is not None and x.shape[2] * x.shape[3] <= self.conv.max_kernel_plane:
+        # decided when the graph is compiled: batch statistics, and the convolution on the kernel for this plane
+        if self.fused is not None and self.bn.on_kernel() and x.shape[2] * x.shape[3] <= self.conv.max_kernel_plane:
             bn = self.bn
             return self.fused(x, self.conv.weight, bn.gamma, bn.beta, bn.moving_mean, bn.moving_variance,
                               bn.settings)[0]

@@ -131,3 +131,25 @@ def test_which_blocks_use_it(kernel_cache):
     assert [block.fused is None for block in blocks].count(True) == 1 and compiled.conv1.fused is None
     plain = [cell for _, cell in stock.cells_and_names() if isinstance(cell, Conv2dBlock)]
     assert all(block.fused is None and block.bn.fused is None for block in plain)
+
+
+def test_moving_statistics_in_training_when_asked(library, kernel_cache):
+    """use_batch_statistics=False (a frozen backbone, src/finetune.py): MindSpore's BatchNorm with the
+    moving statistics, in training too, and nothing updated; True: batch statistics in evaluation too."""
+    ms.set_context(mode=ms.GRAPH_MODE)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((8, 16, 2, 2)).astype(np.float32)
+    for use_batch_statistics, training in [(False, True), (True, False)]:
+        stock = Conv2dBlock(16, 12, 3)
+        compiled = Conv2dBlock(16, 12, 3, conv=functools.partial(create_conv, compiled=True),
+                               norm=functools.partial(create_batch_norm_relu, compiled=True))
+        compiled.conv.weight.set_data(stock.conv.weight.data.copy())
+        _same_statistics([stock.bn, compiled.bn], 12, rng)
+        for block in (stock, compiled):
+            block.bn.use_batch_statistics = use_batch_statistics
+            block.set_train(training)
+        before = compiled.bn.moving_mean.asnumpy().copy()
+        _assert_close(compiled(ms.Tensor(x)).asnumpy(), stock(ms.Tensor(x)).asnumpy(), "output")
+        for name in ("moving_mean", "moving_variance"):
+            _assert_close(getattr(compiled.bn, name).asnumpy(), getattr(stock.bn, name).asnumpy(), name, 1e-6)
+        assert np.array_equal(compiled.bn.moving_mean.asnumpy(), before) != use_batch_statistics

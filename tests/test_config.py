@@ -77,6 +77,7 @@ def test_booleans(text, expected):
     ("--compiled_max_pool=fast", ["compiled_max_pool", "True/False"]),
     ("--compiled_conv=1x", ["compiled_conv", "True/False"]),
     ("--fold_batchnorm=maybe", ["fold_batchnorm", "True/False"]),
+    ("--compiled_optimizer=on", ["compiled_optimizer", "True/False"]),
     ("--lr_epochs=90,60", ["lr_epochs=90,60", "increasing"]),
     ("--lr_epochs=a,b", ["--lr_epochs='a,b'", "list of integers"]),
     ("--dropout_rate=1.0", ["dropout_rate=1.0", "[0, 1)"]),

@@ -70,6 +70,7 @@ SCHEMA: dict[str, Any] = {
     "momentum": float,
     "weight_decay": float,
     "no_decay_bn_bias": bool,
+    "compiled_optimizer": bool,
     "use_label_smooth": bool,
     "label_smooth_factor": float,
     "is_dynamic_loss_scale": bool,

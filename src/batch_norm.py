@@ -54,7 +54,7 @@ class BatchNormReLU2d(nn.BatchNorm2d):
                     zeros_like(settings))
 
         self.fused = ops.Custom(f"{library}:BatchNormReluTrain", out_shape=statistics_shape, out_dtype=float32,
-                                   func_type="aot", bprop=bprop)
+                                func_type="aot", bprop=bprop)
 
     def on_kernel(self) -> bool:
         """Whether this call normalises with batch statistics on the kernel: in training, unless

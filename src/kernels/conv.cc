@@ -715,8 +715,8 @@ struct ChannelsShape {
   int64_t n, c, plane;
   int64_t values() const { return n * c * plane; }
   double per_channel() const { return static_cast<double>(n) * plane; }
-  // On planes smaller than a vector the loops run along whole images instead of along planes, with
-  // the per-channel values spread over the plane's positions so that they vectorise.
+  // On planes of at most 16 values the loops run along whole images instead of along planes, with
+  // the per-channel values spread over the plane's positions, so that they vectorise.
   bool spread() const { return plane <= 16; }
 };
 
@@ -756,19 +756,19 @@ void ChannelSums(const ChannelsShape &s, int64_t c0, int64_t c1, F f, G g, doubl
   const int64_t j0 = c0 * s.plane, j1 = c1 * s.plane;
   thread_local std::vector<double> partials;
   partials.assign(2 * (j1 - j0), 0.0);
-  double *partial_f = partials.data() - j0, *partial_g = partial_f + (j1 - j0);
+  double *partial_f = partials.data(), *partial_g = partial_f + (j1 - j0);  // entry j at j - j0
   for (int64_t i = 0; i < s.n; ++i) {
     const int64_t base = i * s.c * s.plane;
     for (int64_t j = j0; j < j1; ++j) {
-      partial_f[j] += f(base + j, j);
-      partial_g[j] += g(base + j, j);
+      partial_f[j - j0] += f(base + j, j);
+      partial_g[j - j0] += g(base + j, j);
     }
   }
   for (int64_t ch = c0; ch < c1; ++ch) {
     first[ch] = second[ch] = 0.0;
-    for (int64_t p = 0; p < s.plane; ++p) {
-      first[ch] += partial_f[ch * s.plane + p];
-      second[ch] += partial_g[ch * s.plane + p];
+    for (int64_t p = (ch - c0) * s.plane; p < (ch - c0 + 1) * s.plane; ++p) {
+      first[ch] += partial_f[p];
+      second[ch] += partial_g[p];
     }
   }
 }

@@ -8,30 +8,18 @@ import functools
 import mindspore as ms
 import numpy as np
 import pytest
-from mindspore import nn, ops
+from mindspore import nn
 
 from src.batch_norm import BatchNormReLU2d, create_batch_norm_relu
 from src.conv import CompiledConv2d, create_conv
 from src.googlenet import Conv2dBlock, create_model
 from tests.conftest import build_kernel
+from tests.gradients import Gradients
 
 
 @pytest.fixture(scope="module")
 def library(tmp_path_factory):
     return build_kernel("conv", tmp_path_factory.mktemp("kernel_cache"))
-
-
-class _Gradients(nn.Cell):
-    """Gradients of sum(cell(x) * dy) with respect to x and the cell's trainable parameters."""
-
-    def __init__(self, cell: nn.Cell) -> None:
-        super().__init__()
-        self.cell = cell
-        self.weights = ms.ParameterTuple(cell.trainable_params())
-        self.grad = ops.GradOperation(get_all=True, get_by_list=True, sens_param=True)
-
-    def construct(self, x, dy):
-        return self.grad(self.cell, self.weights)(x, dy)
 
 
 def _assert_close(got, expected, what: str, tolerance: float = 2e-5) -> None:
@@ -59,8 +47,8 @@ def _compare(stock: nn.Cell, compiled: nn.Cell, bns, x: np.ndarray, dy: np.ndarr
     _assert_close(compiled(x).asnumpy(), stock(x).asnumpy(), "output")
     for name in ("moving_mean", "moving_variance"):
         _assert_close(getattr(bns[1], name).asnumpy(), getattr(bns[0], name).asnumpy(), name, 1e-6)
-    (dx_compiled,), weights_compiled = _Gradients(compiled)(x, dy)
-    (dx_stock,), weights_stock = _Gradients(stock)(x, dy)
+    (dx_compiled,), weights_compiled = Gradients(compiled)(x, dy)
+    (dx_stock,), weights_stock = Gradients(stock)(x, dy)
     _assert_close(dx_compiled.asnumpy(), dx_stock.asnumpy(), "input gradient")
     names = [p.name for p in stock.trainable_params()]
     for name, got, expected in zip(names, weights_compiled, weights_stock, strict=True):

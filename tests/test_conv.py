@@ -26,6 +26,7 @@ from tests.conftest import (
     run_script,
     script_env,
 )
+from tests.gradients import Gradients
 
 EVERY_PLANE = 10**9  # max_kernel_plane that puts every input through the kernel
 
@@ -33,19 +34,6 @@ EVERY_PLANE = 10**9  # max_kernel_plane that puts every input through the kernel
 @pytest.fixture(scope="module")
 def library(tmp_path_factory):
     return build_kernel("conv", tmp_path_factory.mktemp("kernel_cache"))
-
-
-class _Gradients(nn.Cell):
-    """(dL/dx, dL/dweight) for L = sum(conv(x) * dy)."""
-
-    def __init__(self, cell: nn.Cell) -> None:
-        super().__init__()
-        self.cell = cell
-        self.weights = ms.ParameterTuple(cell.trainable_params())
-        self.grad = ops.GradOperation(get_all=True, get_by_list=True, sens_param=True)
-
-    def construct(self, x, dy):
-        return self.grad(self.cell, self.weights)(x, dy)
 
 
 def _pair(in_channels: int, out_channels: int, kernel: int, library, max_kernel_plane: int = EVERY_PLANE):
@@ -84,8 +72,8 @@ def test_values_and_gradients_equal_mindspores_conv(library, shape):
     x = ms.Tensor(rng.standard_normal((batch, in_channels, height, width)).astype(np.float32))
     dy = ms.Tensor(rng.standard_normal((batch, out_channels, height, width)).astype(np.float32))
     _assert_close(compiled(x).asnumpy(), stock(x).asnumpy(), "output")
-    (dx_compiled,), (dw_compiled,) = _Gradients(compiled)(x, dy)
-    (dx_stock,), (dw_stock,) = _Gradients(stock)(x, dy)
+    (dx_compiled,), (dw_compiled,) = Gradients(compiled)(x, dy)
+    (dx_stock,), (dw_stock,) = Gradients(stock)(x, dy)
     _assert_close(dx_compiled.asnumpy(), dx_stock.asnumpy(), "input gradient")
     _assert_close(dw_compiled.asnumpy(), dw_stock.asnumpy(), "filter gradient")
 
@@ -96,8 +84,8 @@ def test_pynative_mode_too(library):
         stock, compiled = _pair(6, 10, 3, library)
         x = ms.Tensor(np.random.default_rng(2).standard_normal((4, 6, 3, 3)).astype(np.float32))
         _assert_close(compiled(x).asnumpy(), stock(x).asnumpy(), "output")
-        (dx_compiled,), (dw_compiled,) = _Gradients(compiled)(x, ops.ones_like(stock(x)))
-        (dx_stock,), (dw_stock,) = _Gradients(stock)(x, ops.ones_like(stock(x)))
+        (dx_compiled,), (dw_compiled,) = Gradients(compiled)(x, ops.ones_like(stock(x)))
+        (dx_stock,), (dw_stock,) = Gradients(stock)(x, ops.ones_like(stock(x)))
         _assert_close(dx_compiled.asnumpy(), dx_stock.asnumpy(), "input gradient")
         _assert_close(dw_compiled.asnumpy(), dw_stock.asnumpy(), "filter gradient")
     finally:

@@ -47,10 +47,10 @@ def _inputs(shape, ties: bool, seed: int = 0):
 
 
 # Odd and even sizes (even ones take the kernel's stride-2 fast path), the small planes of a 32x32
-# input, planes of one value, and two tensors large enough to be split between threads and into
-# several blocks of planes.
+# input, planes of one value, two tensors large enough to be split between threads and into several
+# blocks of planes, and small planes in two blocks (the second shorter).
 SHAPES = [(2, 3, 7, 9), (2, 3, 8, 8), (4, 6, 4, 4), (3, 5, 2, 2), (1, 4, 14, 14), (2, 5, 1, 1), (1, 2, 2, 3),
-          (3, 50, 33, 31), (2, 40, 64, 64)]
+          (3, 50, 33, 31), (2, 40, 64, 64), (4, 300, 4, 4)]
 
 
 @pytest.mark.parametrize("kernel, stride", sorted(max_pool.KERNEL_SHAPES))

@@ -52,6 +52,22 @@ def test_output_shapes_and_include_top():
     assert features(x).shape == (2, 1024, 2, 2)
 
 
+@pytest.mark.parametrize("size, plane", [(64, 2), (32, 1)])
+def test_the_classifier_reads_the_feature_maps_mean(size, plane):
+    """Logits = classifier(mean over the feature map), also for the 1x1 map of a 32x32 input, where the
+    network skips the mean (a single value is its own mean)."""
+    x = ms.Tensor(np.random.default_rng(2).normal(size=(2, 3, size, size)).astype(np.float32))
+    net = create_model(7)
+    features = create_model(7, include_top=False)
+    ms.load_param_into_net(features, {p.name: p for p in net.get_parameters()})
+    net.set_train(False)
+    features.set_train(False)
+    maps = features(x).asnumpy()
+    assert maps.shape == (2, 1024, plane, plane)
+    expected = maps.mean(axis=(2, 3)) @ net.classifier.weight.asnumpy().T + net.classifier.bias.asnumpy()
+    np.testing.assert_allclose(net(x).asnumpy(), expected, rtol=1e-5, atol=1e-5)
+
+
 def test_dropout_applies_in_training_only():
     x = ms.Tensor(np.random.default_rng(1).normal(size=(2, 3, 32, 32)).astype(np.float32))
     net = create_model(10, dropout_rate=0.5)

@@ -189,34 +189,24 @@ void Pool3x3Stride1(const float *x, float *y, int32_t *argmax, const Geometry &g
 // row and column reaches one padded pixel past the end, ruled out by a NaN mask as above. The first
 // value of a window is always inside, so plain '>' in window order keeps the first maximum.
 
-// The 2x2 pool's output rows shorter than this are combined in one flat loop over the block
-// (below): at 32x32 input, 32x832x2x2 went from 240 to 46 us. For the 3x3 pool it was no faster.
+// The 2x2 pool's output rows shorter than this are combined in one loop over the whole block
+// (NarrowRows): a loop per output row costs more than its comparisons there. At 32x32 input
+// (maxpool4: rows of one value) 32x832x2x2 went from 240 to 46 us. The same for the 3x3 pool was no
+// faster (its loads become gathers, which the compiler does not use on this CPU).
 constexpr int64_t kNarrowRow = 8;
 
-// The vertical pass over a block of planes with narrow rows, as one flat loop (a loop per output
-// row costs more than its comparisons there): output o, in row q = o / ow and column
-// c = o % ow of the block, combines rows 2q, 2q + 1 and, for K = 3, 2q + 2 of the horizontal
-// maxima at column c; on a plane's last output row that third row is the padding, ruled out by a
-// NaN mask. Made once per plane shape and block, like the masks above.
-struct VerticalTable {
-  std::vector<int32_t> first_row;  // index of (row 2q, column c) in the horizontal maxima
-  std::vector<float> third_row;    // -0.0f, or NaN where row 2q + 2 lies outside the plane
-};
-
-const VerticalTable &Vertical(int64_t oh, int64_t ow, int64_t planes) {
+// For output o of a block of planes (row q = o / ow, column c = o % ow): the index of row 2q,
+// column c, in the horizontal maxima. Made once per shape and block, like the masks above.
+const std::vector<int32_t> &NarrowRows(int64_t oh, int64_t ow, int64_t planes) {
   static std::mutex mutex;
-  static std::map<std::tuple<int64_t, int64_t, int64_t>, VerticalTable> made;
+  static std::map<std::tuple<int64_t, int64_t, int64_t>, std::vector<int32_t>> made;
   std::lock_guard<std::mutex> lock(mutex);
   const auto key = std::make_tuple(oh, ow, planes);
   auto found = made.find(key);
   if (found == made.end()) {
-    VerticalTable table{std::vector<int32_t>(planes * oh * ow), std::vector<float>(planes * oh * ow, -0.0f)};
-    for (int64_t o = 0; o < planes * oh * ow; ++o) {
-      const int64_t q = o / ow, c = o % ow;
-      table.first_row[o] = static_cast<int32_t>(2 * q * ow + c);
-      if (q % oh == oh - 1) table.third_row[o] = std::numeric_limits<float>::quiet_NaN();
-    }
-    found = made.emplace(key, std::move(table)).first;
+    std::vector<int32_t> first_row(planes * oh * ow);
+    for (int64_t o = 0; o < planes * oh * ow; ++o) first_row[o] = static_cast<int32_t>(2 * (o / ow) * ow + o % ow);
+    found = made.emplace(key, std::move(first_row)).first;
   }
   return found->second;  // std::map never moves its values
 }
@@ -237,26 +227,14 @@ void CombineRows(const float *row_max, const int32_t *row_at, int64_t ow, float 
   }
 }
 
-// The same for all outputs of a block at once, through its VerticalTable.
-template <int K>
+// CombineRows<2> for all outputs of a block at once, rows found through NarrowRows.
 void CombineNarrowRows(const float *row_max, const int32_t *row_at, int64_t outputs, int64_t ow,
-                       const VerticalTable &table, float *y, int32_t *argmax) {
-  const int32_t *first_row = table.first_row.data();  // local: see the horizontal pass
-  const float *third_row = table.third_row.data();
+                       const int32_t *first_row, float *y, int32_t *argmax) {
   for (int64_t o = 0; o < outputs; ++o) {
     const int64_t r = first_row[o];
-    float best = row_max[r];
-    int32_t at = row_at[r];
-    const bool second = row_max[r + ow] > best;
-    best = second ? row_max[r + ow] : best;
-    at = second ? row_at[r + ow] : at;
-    if (K == 3) {
-      const bool third = row_max[r + 2 * ow] + third_row[o] > best;
-      best = third ? row_max[r + 2 * ow] : best;
-      at = third ? row_at[r + 2 * ow] : at;
-    }
-    y[o] = best;
-    argmax[o] = at;
+    const bool second = row_max[r + ow] > row_max[r];
+    y[o] = second ? row_max[r + ow] : row_max[r];
+    argmax[o] = second ? row_at[r + ow] : row_at[r];
   }
 }
 
@@ -269,11 +247,10 @@ void PoolStride2Even(const float *x, float *y, int32_t *argmax, const Geometry &
   for (int64_t j = ow - 1; j < static_cast<int64_t>(third.size()); j += ow) {
     third[j] = std::numeric_limits<float>::quiet_NaN();
   }
-  const VerticalTable *vertical = K == 2 && ow < kNarrowRow ? &Vertical(g.oh, ow, std::min(block, g.planes)) : nullptr;
+  const int32_t *narrow = K == 2 && ow < kNarrowRow ? NarrowRows(g.oh, ow, std::min(block, g.planes)).data() : nullptr;
   ForPlanes(g.planes, plane, [&](int64_t begin, int64_t end) {
-    // Two rows more than the block's: a last output row's masked third row reads past the block.
-    std::vector<float> row_max((block * g.h + 2) * ow);
-    std::vector<int32_t> row_at((block * g.h + 2) * ow);
+    std::vector<float> row_max(block * g.h * ow);
+    std::vector<int32_t> row_at(block * g.h * ow);
     for (int64_t first = begin; first < end; first += block) {
       const int64_t planes = std::min(first + block, end) - first, base = first * plane;
       const float *xb = x + base;
@@ -312,8 +289,8 @@ void PoolStride2Even(const float *x, float *y, int32_t *argmax, const Geometry &
       // Vertical: output row q of the block reads rows 2q, 2q+1 (and 2q+2) of the horizontal maxima.
       float *yb = y + first * out_plane;
       int32_t *ab = argmax + first * out_plane;
-      if (K == 2 && ow < kNarrowRow) {
-        CombineNarrowRows<K>(rm, ra, planes * out_plane, ow, *vertical, yb, ab);
+      if (narrow != nullptr) {
+        CombineNarrowRows(rm, ra, planes * out_plane, ow, narrow, yb, ab);
         continue;
       }
       for (int64_t q = 0; q < planes * g.oh; ++q) {

@@ -1,5 +1,6 @@
 // Convolution (stride 1, odd square kernel, 'same' padding, no bias, NCHW, float32) for
-// MindSpore's CPU backend, loaded through ops.Custom(func_type="aot"); see src/conv.py.
+// MindSpore's CPU backend, loaded through ops.Custom(func_type="aot"); see src/conv.py (and
+// src/batch_norm.py for the BatchNorm + ReLU of training, which share its threads).
 //
 // Why: MindSpore 2.10's CPU convolutions (oneDNN gemm:jit) work image by image, which on the
 // smallest planes of a 32x32 input (4x4 down to 1x1) leaves GEMMs too small to run fast
@@ -29,6 +30,9 @@
 //   with BatchNorm folded into w and bias; the filter is packed on the first call and kept under
 //   its token (PackedOnce); ConvBiasReluStride2Forward the same with stride 2 ->
 //   [N,OC,ceil(H/2),ceil(W/2)]
+//   BatchNormReluTrain, BatchNormReluGrad: BatchNorm (batch statistics) + ReLU of a training step
+//   and its gradient; ConvBatchNormReluTrain, ConvBatchNormReluGrad: a stride-1 convolution followed
+//   by them, as one call each way (see "BatchNorm + ReLU in training" below)
 
 #include <sched.h>
 #include <unistd.h>

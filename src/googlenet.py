@@ -173,8 +173,9 @@ def _fold_children(cell: nn.Cell) -> None:
 def create_model(num_classes: int, include_top: bool = True, dropout_rate: float = 0.2,
                  compiled_max_pool: bool = False, compiled_conv: bool = False) -> GoogleNet:
     """The network the entry scripts train, evaluate and export. ``compiled_max_pool``,
-    ``compiled_conv``: max pooling and the stride-1 convolutions through the compiled CPU kernels of
-    src/max_pool.py and src/conv.py (same function and parameters, faster on CPU); never for export."""
+    ``compiled_conv``: max pooling, and the stride-1 convolutions with the BatchNorm + ReLU of training,
+    through the compiled CPU kernels of src/max_pool.py, src/conv.py and src/batch_norm.py (same
+    function and parameters, faster on CPU); never for export."""
     max_pool = functools.partial(create_max_pool, compiled=True) if compiled_max_pool else create_max_pool
     conv = functools.partial(create_conv, compiled=True) if compiled_conv else create_conv
     norm = functools.partial(create_batch_norm_relu, compiled=True) if compiled_conv else create_batch_norm_relu

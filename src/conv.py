@@ -93,10 +93,15 @@ class CompiledConv2d(nn.Conv2d):
         self.compiled_conv = ops.Custom(f"{library}:ConvForward", out_shape=output_shape, out_dtype=_first_type,
                                         func_type="aot", bprop=bprop)
 
+    def on_kernel(self, x: Tensor) -> bool:
+        """Whether the kernel computes this input: planes of at most ``max_kernel_plane`` values
+        (decided when the graph is compiled)."""
+        return x.shape[2] * x.shape[3] <= self.max_kernel_plane
+
     def construct(self, x: Tensor) -> Tensor:
-        if x.shape[2] * x.shape[3] > self.max_kernel_plane:  # decided when the graph is compiled
-            return self.conv2d(x, self.weight)
-        return self.compiled_conv(x, self.weight)
+        if self.on_kernel(x):
+            return self.compiled_conv(x, self.weight)
+        return self.conv2d(x, self.weight)
 
 
 class ConvBiasReLU(nn.Cell):

@@ -46,7 +46,7 @@ class Conv2dBlock(nn.Cell):
 
     def construct(self, x: Tensor) -> Tensor:
         # decided when the graph is compiled: batch statistics, and the convolution on the kernel for this plane
-        if self.fused is not None and self.bn.on_kernel() and x.shape[2] * x.shape[3] <= self.conv.max_kernel_plane:
+        if self.fused is not None and self.bn.on_kernel() and self.conv.on_kernel(x):
             bn = self.bn
             return self.fused(x, self.conv.weight, bn.gamma, bn.beta, bn.moving_mean, bn.moving_variance,
                               bn.settings)[0]

@@ -21,6 +21,9 @@ from src.logger import logger
 EPOCH_CHECKPOINT = re.compile(r"^(?P<prefix>.+)-(?P<epoch>\d+)_(?P<step>\d+)\.ckpt$")
 # Parameters of the classifier, which fine-tuning re-initialises when its shape differs.
 HEAD_PREFIX = "classifier."
+# Run state rather than weights: checkpoints written before it existed (and upstream's) lack it, and a
+# network loading them keeps its own value (the dropout's step counter, src/dropout.py).
+OPTIONAL_STATE = ("dropout.step",)
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -61,6 +64,8 @@ def shape_problem(param: ms.Parameter, stored: dict) -> str | None:
 
 
 def _load(net: nn.Cell, stored: dict, path: str | Path) -> None:
+    # Optional state the checkpoint lacks keeps the network's own value.
+    stored = {**{p.name: p.copy() for p in net.get_parameters() if p.name in OPTIONAL_STATE}, **stored}
     not_loaded, _ = ms.load_param_into_net(net, stored, strict_load=True)
     if not_loaded:
         raise UserError(f"checkpoint {path}: could not load {', '.join(not_loaded[:3])}")
@@ -69,12 +74,14 @@ def _load(net: nn.Cell, stored: dict, path: str | Path) -> None:
 def load_weights(net: nn.Cell, path: str | Path) -> None:
     """Load every parameter of ``net`` from the checkpoint at ``path``.
 
-    All network parameters must be present with the network's shapes; extra entries (optimizer
-    state, step counters) are ignored.
+    All network parameters must be present with the network's shapes (``OPTIONAL_STATE`` may be
+    missing); extra entries (optimizer state, step counters) are ignored.
     """
     stored = read_checkpoint(path)
     for param in net.get_parameters():
         problem = shape_problem(param, stored)
+        if problem == "missing" and param.name in OPTIONAL_STATE:
+            continue
         if problem == "missing":
             raise UserError(f"checkpoint {path} has no parameter '{param.name}'; "
                             "expected a checkpoint of this GoogleNet")
@@ -93,7 +100,7 @@ def load_pretrained(net: nn.Cell, path: str | Path) -> list[str]:
     skipped: dict[str, str] = {}
     for param in net.get_parameters():
         problem = shape_problem(param, stored)
-        if problem is None:
+        if problem is None or problem == "missing" and param.name in OPTIONAL_STATE:
             continue
         if not param.name.startswith(HEAD_PREFIX):
             raise UserError(f"checkpoint {path}: backbone parameter '{param.name}' is {problem}; "
@@ -101,9 +108,10 @@ def load_pretrained(net: nn.Cell, path: str | Path) -> list[str]:
         skipped[param.name] = problem
     # Exactly the network's names (MindSpore's non-strict loading would match moments.<name> too);
     # skipped parameters load their own fresh values.
-    usable = {p.name: p.copy() if p.name in skipped else stored[p.name] for p in net.get_parameters()}
+    usable = {p.name: p.copy() if p.name in skipped else stored[p.name] for p in net.get_parameters()
+              if p.name in stored or p.name in skipped}
     _load(net, usable, path)
-    loaded = sum(1 for _ in net.get_parameters()) - len(skipped)
+    loaded = len(usable) - len(skipped)
     logger.info("pre_trained %s: loaded %d parameters", path, loaded)
     if skipped:
         logger.info("pre_trained: skipped, re-initialised: %s",

@@ -5,7 +5,8 @@ Layer for layer the model-zoo variant, which departs from the paper in three pla
 - the "5x5" branch of each Inception block uses a 3x3 kernel;
 - the pool before inception 5a is 2x2 (stride 2) instead of 3x3;
 and has no auxiliary classifiers and no local response normalisation. Unlike upstream, the dropout
-before the classifier is applied in training (upstream defines it but never calls it).
+before the classifier is applied in training (upstream defines it but never calls it), with masks
+that repeat run to run (src/dropout.py).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from src.batch_norm import BatchNormReLU2d, create_batch_norm_relu, fused_conv_b
 from src.checkpoint import load_weights
 from src.compiled_kernels import kernel_library
 from src.conv import CompiledConv2d, ConvBiasReLU, compiled_conv_wanted, create_conv
+from src.dropout import KeyedDropout
 from src.logger import logger
 from src.max_pool import CompiledMaxPool2d, compiled_max_pool_wanted, create_max_pool
 
@@ -88,7 +90,7 @@ class GoogleNet(nn.Cell):
 
     def __init__(self, num_classes: int = 1000, include_top: bool = True, dropout_rate: float = 0.2,
                  max_pool: MaxPoolFactory = create_max_pool, conv: ConvFactory = create_conv,
-                 norm: NormFactory = create_batch_norm_relu) -> None:
+                 norm: NormFactory = create_batch_norm_relu, seed: int = 0) -> None:
         super().__init__()
         self.include_top = include_top
         block = functools.partial(Conv2dBlock, conv=conv, norm=norm)
@@ -114,7 +116,7 @@ class GoogleNet(nn.Cell):
 
         self.mean = ops.ReduceMean(keep_dims=True)
         self.flatten = nn.Flatten()
-        self.dropout = nn.Dropout(p=dropout_rate)
+        self.dropout = KeyedDropout(dropout_rate, seed)
         self.classifier = nn.Dense(1024, num_classes, weight_init=TruncatedNormal(0.02),
                                    bias_init=TruncatedNormal(0.02))
 
@@ -171,23 +173,24 @@ def _fold_children(cell: nn.Cell) -> None:
 
 
 def create_model(num_classes: int, include_top: bool = True, dropout_rate: float = 0.2,
-                 compiled_max_pool: bool = False, compiled_conv: bool = False) -> GoogleNet:
+                 compiled_max_pool: bool = False, compiled_conv: bool = False, seed: int = 0) -> GoogleNet:
     """The network the entry scripts train, evaluate and export. ``compiled_max_pool``,
     ``compiled_conv``: max pooling, and the stride-1 convolutions with the BatchNorm + ReLU of training,
     through the compiled CPU kernels of src/max_pool.py, src/conv.py and src/batch_norm.py (same
-    function and parameters, faster on CPU); never for export."""
+    function and parameters, faster on CPU); never for export. ``seed`` keys the dropout masks."""
     max_pool = functools.partial(create_max_pool, compiled=True) if compiled_max_pool else create_max_pool
     conv = functools.partial(create_conv, compiled=True) if compiled_conv else create_conv
     norm = functools.partial(create_batch_norm_relu, compiled=True) if compiled_conv else create_batch_norm_relu
     return GoogleNet(num_classes=num_classes, include_top=include_top, dropout_rate=dropout_rate,
-                     max_pool=max_pool, conv=conv, norm=norm)
+                     max_pool=max_pool, conv=conv, norm=norm, seed=seed)
 
 
 def create_model_from_config(config) -> GoogleNet:
     """The network as train.py, eval.py and predict.py build it; export.py uses ``create_model``
     (MindSpore's own operators only, so that the exported graph runs anywhere)."""
     net = create_model(config.num_classes, dropout_rate=config.dropout_rate,
-                       compiled_max_pool=compiled_max_pool_wanted(config), compiled_conv=compiled_conv_wanted(config))
+                       compiled_max_pool=compiled_max_pool_wanted(config), compiled_conv=compiled_conv_wanted(config),
+                       seed=config.seed)
     if isinstance(net.maxpool1, CompiledMaxPool2d):
         logger.info("max pooling: compiled CPU kernel %s", kernel_library("max_pool"))
     if isinstance(net.conv2.conv, CompiledConv2d):

@@ -20,7 +20,7 @@ import mindspore as ms
 import mindspore.dataset as ds
 import mindspore.nn as nn
 
-from src.checkpoint import EPOCH_CHECKPOINT, read_checkpoint, shape_problem
+from src.checkpoint import EPOCH_CHECKPOINT, OPTIONAL_STATE, read_checkpoint, shape_problem
 from src.errors import UserError
 from src.logger import logger
 
@@ -151,6 +151,11 @@ def restore_training_state(train_network: nn.Cell, point: ResumePoint, steps_per
             state[param.name] = param.copy()  # keep this run's value
             continue
         problem = shape_problem(param, state)
+        if problem == "missing" and param.name in OPTIONAL_STATE:
+            # A checkpoint from before the counter existed: continue it where an uninterrupted run stands.
+            state[param.name] = ms.Parameter(ms.Tensor([step], param.dtype), name=param.name)
+            logger.info("resume: %s has no '%s'; set to the global step %d", path, param.name, step)
+            continue
         if problem == "missing":
             raise UserError(f"resume: {path} has no '{param.name}'; expected a checkpoint written by "
                             "train.py with this network and optimizer (same num_classes, freeze_backbone)")

@@ -17,9 +17,8 @@ import pytest
 from tests.conftest import IMAGENET_CONFIG, REPO, SMALL_CIFAR, assert_user_error, run_script, script_env
 
 PREFIX = "train_googlenet_cifar10"
-# Dropout masks come from a random state inside MindSpore's kernel that no checkpoint holds, so
-# the bit-exact comparison runs without dropout (README: Resuming).
-RESUMABLE = [*SMALL_CIFAR, "--epoch_size=2", "--lr_init=0.01", "--dropout_rate=0", "--eval_interval=1"]
+# With the default dropout: its masks are keyed by a step counter that the checkpoints hold.
+RESUMABLE = [*SMALL_CIFAR, "--epoch_size=2", "--lr_init=0.01", "--eval_interval=1"]
 SMALL_IMAGENET = [f"--config_path={IMAGENET_CONFIG}", "--device_target=CPU", "--amp_level=O0", "--loss_scale=1",
                   "--num_classes=4", "--image_height=32", "--image_width=32", "--batch_size=8",
                   "--num_parallel_workers=1", "--log_interval=2"]
@@ -74,11 +73,12 @@ def test_resume_after_a_kill_ends_bit_identical(uninterrupted, cifar_dir, tmp_pa
     assert epochs[0] == ("2", "5") and {e for e, _ in epochs} == {"2"}, out[-2000:]
     assert "not loaded" not in out + result.stderr
 
-    # Parameters, BatchNorm statistics, momentum buffers and global_step: all bit-identical.
+    # Parameters, BatchNorm statistics, momentum buffers, global_step and the dropout's step: all bit-identical.
     whole = _checkpoint(uninterrupted / f"{PREFIX}-2_30.ckpt")
     resumed = _checkpoint(tmp_path / "ckpt" / f"{PREFIX}-2_30.ckpt")
     assert whole.keys() == resumed.keys()
     assert any(name.startswith("moments.") for name in whole) and "global_step" in whole
+    assert int(whole["dropout.step"][0]) == int(whole["global_step"][0]) == 60
     different = [name for name in whole if not np.array_equal(whole[name], resumed[name])]
     assert different == []
     # The metrics log continues where the kill left it: the same records as the uninterrupted run.
@@ -185,7 +185,7 @@ def test_fine_tune_frozen_backbone_from_other_num_classes(trained_cifar, image_t
     backbone = [name for name in after if name in before and not name.startswith(("classifier.", "moments.",
                                                                                    "learning_rate", "global_step",
                                                                                    "momentum", "epoch_num",
-                                                                                   "step_num"))]
+                                                                                   "step_num", "dropout."))]
     assert len(backbone) == 285  # every conv weight, BN gamma/beta and moving statistics
     moved = [name for name in backbone if not np.array_equal(before[name], after[name])]
     assert moved == []

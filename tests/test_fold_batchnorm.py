@@ -115,8 +115,9 @@ def test_the_folded_network_equals_the_network(kernel_cache, compiled, tmp_path)
     assert sum(cell.fused is not None for cell in folded_blocks) == (57 if compiled else 0)
     names = [param.name for param in folded.get_parameters()]
     assert names == [name for name, _ in folded.parameters_and_names()]  # full, hence unique, names
-    # weight and bias per folded convolution, plus its filter token where the kernel runs it
-    assert "inception4e.branch2.1.bias" in names and len(names) == 57 * (3 if compiled else 2) + 2
+    # weight and bias per folded convolution, plus its filter token where the kernel runs it; the
+    # classifier's weight and bias; the dropout's step counter
+    assert "inception4e.branch2.1.bias" in names and len(names) == 57 * (3 if compiled else 2) + 3
     tokens = [int(cell.filter_token.asnumpy()[0]) for cell in folded_blocks if cell.fused is not None]
     assert len(set(tokens)) == len(tokens) == (57 if compiled else 0)
 

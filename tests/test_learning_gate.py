@@ -5,7 +5,10 @@
    depends on thread timing would not).
 2. Learning: over the same seeds and budget, the kernel runs' mean final-quarter training loss and
    mean test accuracy lie within the spread of the runs on MindSpore's operators, widened by margins
-   measured from runs on MindSpore's operators alone (learning_ab.py: GATE_* below).
+   measured from runs on MindSpore's operators alone (LOSS_MARGIN, ACCURACY_MARGIN below).
+
+Both parts failed when MindSpore's own Dropout was put back (its masks race between threads: the
+repeated run parted at step 8), and the learning part failed for a changed BatchNorm gradient.
 
 The data are scikit-learn's real handwritten digits written in the CIFAR-10 binary layout.
 """

@@ -7,8 +7,8 @@
    mean test accuracy lie within the spread of the runs on MindSpore's operators, widened by margins
    measured from runs on MindSpore's operators alone (LOSS_MARGIN, ACCURACY_MARGIN below).
 
-Both parts failed when MindSpore's own Dropout was put back (its masks race between threads: the
-repeated run parted at step 8), and the learning part failed for a changed BatchNorm gradient.
+Seen to catch: part 1 failed with MindSpore's own Dropout put back (its masks race between threads:
+the repeated run parted at step 8); part 2 failed for a BatchNorm gradient without its variance term.
 
 The data are scikit-learn's real handwritten digits written in the CIFAR-10 binary layout.
 """

@@ -24,6 +24,29 @@ HEAD_PREFIX = "classifier."
 # Run state rather than weights: checkpoints written before it existed (and upstream's) lack it, and a
 # network loading them keeps its own value (the dropout's step counter, src/dropout.py).
 OPTIONAL_STATE = ("dropout.step",)
+# This package's names before it took upstream's (``inception3a.branch4.1.conv.weight`` ->
+# ``block3a.b4.conv.weight``), also inside optimizer state (``moments.inception3a...``).
+_EARLIER_NAMES = [(re.compile(r"(^|\.)inception(\d[a-e])\."), r"\1block\2."),
+                  (re.compile(r"\.branch4\.1\."), ".b4."), (re.compile(r"\.branch([123])\."), r".b\1.")]
+
+
+def upstream_names(stored: dict, path: str | Path = "") -> dict:
+    """``stored`` with this package's earlier parameter names replaced by upstream's (one info line
+    when any was)."""
+    renamed, count = {}, 0
+    for name, value in stored.items():
+        new = name
+        for pattern, replacement in _EARLIER_NAMES:
+            new = pattern.sub(replacement, new)
+        if new != name:
+            count += 1
+            if isinstance(value, ms.Parameter):
+                value.name = new
+        renamed[new] = value
+    if count:
+        logger.info("checkpoint %s: %d parameters renamed from this package's earlier names (inception*.branch*) "
+                    "to upstream's (block*.b*)", path, count)
+    return renamed
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -35,11 +58,12 @@ def read_checkpoint(path: str | Path) -> dict:
         raise UserError(f"checkpoint {path} cannot be read (the file is empty, 0 bytes); "
                         "expected a complete MindSpore .ckpt file")
     try:
-        return ms.load_checkpoint(str(path))
+        stored = ms.load_checkpoint(str(path))
     except (ValueError, RuntimeError, OSError, TypeError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"checkpoint {path} cannot be read ({reason[:200]}); "
                         "expected a complete MindSpore .ckpt file") from None
+    return upstream_names(stored, path)
 
 
 def save_checkpoint_file(network: nn.Cell, path: str | Path, extra: dict | None = None) -> Path:

@@ -7,6 +7,14 @@ Layer for layer the model-zoo variant, which departs from the paper in three pla
 and has no auxiliary classifiers and no local response normalisation. Unlike upstream, the dropout
 before the classifier is applied in training (upstream defines it but never calls it), with masks
 that repeat run to run (src/dropout.py).
+
+Parameter names are upstream's (mindspore-ai/models, research/cv/googlenet), so checkpoints move both
+ways unchanged: ``conv1.conv.weight``, ``conv1.bn.{gamma,beta,moving_mean,moving_variance}``, ``conv2``,
+``conv3``; Inception blocks ``block3a`` ... ``block5b`` with branches ``b1`` (a Conv2dBlock), ``b2`` and
+``b3`` (sequences of two: ``b2.0``, ``b2.1``), ``maxpool`` (no parameters) and ``b4`` (the pool
+projection); ``classifier.{weight,bias}``; and ``dropout.step``, ours alone (src/checkpoint.py,
+OPTIONAL_STATE). Checkpoints with this package's earlier names (``inception3a.branch4.1...``) are
+renamed when read (src/checkpoint.py).
 """
 
 from __future__ import annotations
@@ -73,15 +81,16 @@ class Inception(nn.Cell):
                  conv: ConvFactory = create_conv, norm: NormFactory = create_batch_norm_relu) -> None:
         super().__init__()
         block = functools.partial(Conv2dBlock, conv=conv, norm=norm)
-        self.branch1 = block(in_channels, ch1x1, 1)
-        self.branch2 = nn.SequentialCell(block(in_channels, ch3x3red, 1), block(ch3x3red, ch3x3, 3))
+        self.b1 = block(in_channels, ch1x1, 1)
+        self.b2 = nn.SequentialCell(block(in_channels, ch3x3red, 1), block(ch3x3red, ch3x3, 3))
         # The paper's 5x5 branch; 3x3 here, as in the model zoo.
-        self.branch3 = nn.SequentialCell(block(in_channels, ch5x5red, 1), block(ch5x5red, ch5x5, 3))
-        self.branch4 = nn.SequentialCell(max_pool(3, 1), block(in_channels, pool_proj, 1))
+        self.b3 = nn.SequentialCell(block(in_channels, ch5x5red, 1), block(ch5x5red, ch5x5, 3))
+        self.maxpool = max_pool(3, 1)
+        self.b4 = block(in_channels, pool_proj, 1)
         self.concat = ops.Concat(axis=1)
 
     def construct(self, x: Tensor) -> Tensor:
-        return self.concat((self.branch1(x), self.branch2(x), self.branch3(x), self.branch4(x)))
+        return self.concat((self.b1(x), self.b2(x), self.b3(x), self.b4(self.maxpool(x))))
 
 
 class GoogleNet(nn.Cell):
@@ -100,19 +109,19 @@ class GoogleNet(nn.Cell):
         self.conv3 = block(64, 192, kernel_size=3)
         self.maxpool2 = max_pool(3, 2)
 
-        self.inception3a = Inception(192, 64, 96, 128, 16, 32, 32, max_pool, conv, norm)
-        self.inception3b = Inception(256, 128, 128, 192, 32, 96, 64, max_pool, conv, norm)
+        self.block3a = Inception(192, 64, 96, 128, 16, 32, 32, max_pool, conv, norm)
+        self.block3b = Inception(256, 128, 128, 192, 32, 96, 64, max_pool, conv, norm)
         self.maxpool3 = max_pool(3, 2)
 
-        self.inception4a = Inception(480, 192, 96, 208, 16, 48, 64, max_pool, conv, norm)
-        self.inception4b = Inception(512, 160, 112, 224, 24, 64, 64, max_pool, conv, norm)
-        self.inception4c = Inception(512, 128, 128, 256, 24, 64, 64, max_pool, conv, norm)
-        self.inception4d = Inception(512, 112, 144, 288, 32, 64, 64, max_pool, conv, norm)
-        self.inception4e = Inception(528, 256, 160, 320, 32, 128, 128, max_pool, conv, norm)
+        self.block4a = Inception(480, 192, 96, 208, 16, 48, 64, max_pool, conv, norm)
+        self.block4b = Inception(512, 160, 112, 224, 24, 64, 64, max_pool, conv, norm)
+        self.block4c = Inception(512, 128, 128, 256, 24, 64, 64, max_pool, conv, norm)
+        self.block4d = Inception(512, 112, 144, 288, 32, 64, 64, max_pool, conv, norm)
+        self.block4e = Inception(528, 256, 160, 320, 32, 128, 128, max_pool, conv, norm)
         self.maxpool4 = max_pool(2, 2)
 
-        self.inception5a = Inception(832, 256, 160, 320, 32, 128, 128, max_pool, conv, norm)
-        self.inception5b = Inception(832, 384, 192, 384, 48, 128, 128, max_pool, conv, norm)
+        self.block5a = Inception(832, 256, 160, 320, 32, 128, 128, max_pool, conv, norm)
+        self.block5b = Inception(832, 384, 192, 384, 48, 128, 128, max_pool, conv, norm)
 
         self.mean = ops.ReduceMean(keep_dims=True)
         self.flatten = nn.Flatten()
@@ -126,17 +135,17 @@ class GoogleNet(nn.Cell):
         # N x 64 x 56 x 56
         x = self.maxpool2(self.conv3(self.conv2(x)))
         # N x 192 x 28 x 28
-        x = self.inception3b(self.inception3a(x))
+        x = self.block3b(self.block3a(x))
         # N x 480 x 28 x 28
         x = self.maxpool3(x)
-        x = self.inception4a(x)
-        x = self.inception4b(x)
-        x = self.inception4c(x)
-        x = self.inception4d(x)
-        x = self.inception4e(x)
+        x = self.block4a(x)
+        x = self.block4b(x)
+        x = self.block4c(x)
+        x = self.block4d(x)
+        x = self.block4e(x)
         # N x 832 x 14 x 14
         x = self.maxpool4(x)
-        x = self.inception5b(self.inception5a(x))
+        x = self.block5b(self.block5a(x))
         # N x 1024 x 7 x 7
         if not self.include_top:
             return x

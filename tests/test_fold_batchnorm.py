@@ -117,7 +117,7 @@ def test_the_folded_network_equals_the_network(kernel_cache, compiled, tmp_path)
     assert names == [name for name, _ in folded.parameters_and_names()]  # full, hence unique, names
     # weight and bias per folded convolution, plus its filter token where the kernel runs it; the
     # classifier's weight and bias; the dropout's step counter
-    assert "inception4e.branch2.1.bias" in names and len(names) == 57 * (3 if compiled else 2) + 3
+    assert "block4e.b2.1.bias" in names and len(names) == 57 * (3 if compiled else 2) + 3
     tokens = [int(cell.filter_token.asnumpy()[0]) for cell in folded_blocks if cell.fused is not None]
     assert len(set(tokens)) == len(tokens) == (57 if compiled else 0)
 
@@ -142,4 +142,4 @@ def test_the_config_decides_and_the_log_says_so(kernel_cache, caplog):
 def test_fold_batchnorm_returns_the_network_it_changed(kernel_cache):
     net = create_model(10)
     assert fold_batchnorm(net) is net
-    assert isinstance(net.inception3a.branch4[1], conv.ConvBiasReLU)
+    assert isinstance(net.block3a.b4, conv.ConvBiasReLU)

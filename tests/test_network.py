@@ -25,20 +25,20 @@ def test_trainable_parameter_count(num_classes, expected):
 def test_inception_blocks_follow_the_table():
     net = GoogleNet(10)
     table = {  # in, 1x1, 3x3 reduce, 3x3, "5x5" reduce, "5x5", pool proj
-        "inception3a": (192, 64, 96, 128, 16, 32, 32), "inception3b": (256, 128, 128, 192, 32, 96, 64),
-        "inception4a": (480, 192, 96, 208, 16, 48, 64), "inception4b": (512, 160, 112, 224, 24, 64, 64),
-        "inception4c": (512, 128, 128, 256, 24, 64, 64), "inception4d": (512, 112, 144, 288, 32, 64, 64),
-        "inception4e": (528, 256, 160, 320, 32, 128, 128), "inception5a": (832, 256, 160, 320, 32, 128, 128),
-        "inception5b": (832, 384, 192, 384, 48, 128, 128),
+        "block3a": (192, 64, 96, 128, 16, 32, 32), "block3b": (256, 128, 128, 192, 32, 96, 64),
+        "block4a": (480, 192, 96, 208, 16, 48, 64), "block4b": (512, 160, 112, 224, 24, 64, 64),
+        "block4c": (512, 128, 128, 256, 24, 64, 64), "block4d": (512, 112, 144, 288, 32, 64, 64),
+        "block4e": (528, 256, 160, 320, 32, 128, 128), "block5a": (832, 256, 160, 320, 32, 128, 128),
+        "block5b": (832, 384, 192, 384, 48, 128, 128),
     }
     for name, (cin, c1, c3r, c3, c5r, c5, pool) in table.items():
         block = getattr(net, name)
         assert isinstance(block, Inception)
-        assert block.branch1.conv.in_channels == cin and block.branch1.conv.out_channels == c1
-        assert [c.conv.out_channels for c in block.branch2] == [c3r, c3]
-        assert [c.conv.out_channels for c in block.branch3] == [c5r, c5]
-        assert block.branch3[1].conv.kernel_size == (3, 3)  # the model-zoo 3x3 "5x5" branch
-        assert block.branch4[1].conv.out_channels == pool
+        assert block.b1.conv.in_channels == cin and block.b1.conv.out_channels == c1
+        assert [c.conv.out_channels for c in block.b2] == [c3r, c3]
+        assert [c.conv.out_channels for c in block.b3] == [c5r, c5]
+        assert block.b3[1].conv.kernel_size == (3, 3)  # the model-zoo 3x3 "5x5" branch
+        assert block.b4.conv.out_channels == pool
     assert (net.maxpool3.kernel_size, net.maxpool4.kernel_size, net.maxpool4.stride) == (3, 2, 2)
 
 

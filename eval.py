@@ -25,8 +25,8 @@ from src.resources import batch_must_fit
 
 @moxing_wrapper
 def main() -> None:
-    config = load_config()
     setup_logging()
+    config = load_config()
     configure_device(config)
     print(config.summary(), flush=True)
 

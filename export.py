@@ -20,8 +20,8 @@ from src.model_utils.moxing_adapter import moxing_wrapper
 
 @moxing_wrapper
 def main() -> None:
-    config = load_config()
     setup_logging()
+    config = load_config()
     check_export_target(config.file_format, config.device_target)
     configure_device(config)
     print(config.summary(), flush=True)

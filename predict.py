@@ -16,8 +16,8 @@ from src.predictor import collect_images, load_classifier, predict_probabilities
 
 
 def main() -> None:
-    config = load_config()
     setup_logging()
+    config = load_config()
     configure_device(config)
     images = collect_images(config.predict_images)
     classifier = load_classifier(config.predict_model, config)

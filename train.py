@@ -34,8 +34,8 @@ from src.trainer import checkpoint_prefix, create_train_model
 
 @moxing_wrapper
 def main() -> None:
-    config = load_config()
     setup_logging(get_rank_id())
+    config = load_config()
     ranks = configure_device(config, distributed=True)
     setup_logging(ranks.rank_id)
     if ranks.is_main:

@@ -19,6 +19,7 @@ import mindspore.dataset.vision as V
 import numpy as np
 
 from src.errors import UserError
+from src.logger import logger
 from src.rank_debug import record_samples
 
 CIFAR_IMAGE_SHAPE = (3, 32, 32)
@@ -43,13 +44,16 @@ def cifar10_files(data_dir: str | Path, training: bool) -> list[Path]:
     """The .bin files of one split: data_batch_*.bin for training, test_batch.bin for evaluation.
 
     A folder holding only evaluation files under other names (upstream's ``cifar-10-verify-bin``)
-    is read whole for evaluation; a path to one .bin file is taken as it is.
+    is read whole for evaluation; a path to one .bin file is taken as it is. A folder without .bin
+    files that holds exactly one folder of them (``cifar-10-batches-bin``, what unpacking
+    cifar-10-binary.tar.gz leaves) stands for that folder.
     """
     path = Path(data_dir)
     if path.is_file():
         return [path]
     if not path.is_dir():
         raise UserError(f"CIFAR-10 data folder {path} does not exist; {get_cifar_hint(path)}")
+    path = _folder_of_bin_files(path)
     if training:
         files = sorted(path.glob("data_batch_*.bin"))
         if not files:
@@ -64,10 +68,22 @@ def cifar10_files(data_dir: str | Path, training: bool) -> list[Path]:
     return files
 
 
+def _folder_of_bin_files(path: Path) -> Path:
+    """``path``, or its one sub-folder holding .bin files when ``path`` itself holds none."""
+    if any(path.glob("*.bin")):
+        return path
+    holders = sorted(child for child in path.iterdir() if child.is_dir() and any(child.glob("*.bin")))
+    if len(holders) > 1:
+        raise UserError(f"CIFAR-10 data folder {path} holds no .bin files but {len(holders)} folders of them "
+                        f"({', '.join(child.name for child in holders)}); pass the one to use")
+    if holders:
+        logger.info("CIFAR-10 data: using %s", holders[0])
+        return holders[0]
+    return path
+
+
 def _cifar_layout_hint(path: Path) -> str:
     """What is wrong with a folder without CIFAR-10 binary files, and how to fix it."""
-    if (path / CIFAR_FOLDER).is_dir():
-        return f"pass its sub-folder {path / CIFAR_FOLDER}"
     if (path / "data_batch_1").is_file() or (path / "test_batch").is_file():
         return f"this is the Python version of CIFAR-10; the binary version is needed, {get_cifar_hint(path.parent)}"
     return get_cifar_hint(path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -45,7 +46,7 @@ def test_a_missing_training_batch(cifar_copy, tmp_path):
                       f"python -m src.data_fetch cifar10 --dest {cifar_copy.parent}")
 
 
-def test_the_python_version_or_the_parent_folder(cifar_copy, trained_cifar, tmp_path):
+def test_the_python_version_and_the_parent_folder(cifar_copy, trained_cifar, tmp_path):
     python_version = tmp_path / "cifar-10-batches-py"
     python_version.mkdir()
     (python_version / "test_batch").write_bytes(b"pickle")
@@ -53,9 +54,18 @@ def test_the_python_version_or_the_parent_folder(cifar_copy, trained_cifar, tmp_
                         f"--checkpoint_path={trained_cifar.checkpoint}", cwd=tmp_path)
     assert_user_error(result, 1, f"no test_batch.bin in {python_version}", "Python version of CIFAR-10",
                       f"--dest {tmp_path} ")
+    # The folder that unpacking the archive leaves (it holds cifar-10-batches-bin) stands for it ...
     result = run_script("eval.py", *SMALL_CIFAR, f"--val_data_path={cifar_copy.parent}",
                         f"--checkpoint_path={trained_cifar.checkpoint}", cwd=tmp_path)
-    assert_user_error(result, 1, f"pass its sub-folder {cifar_copy}")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert f"CIFAR-10 data: using {cifar_copy}\n" in result.stdout
+    assert re.search(r"^accuracy: \{'acc': [\d.]+\}$", result.stdout, re.M)
+    # ... but not when two folders of .bin files would be equally likely.
+    shutil.copytree(cifar_copy, cifar_copy.parent / "cifar-10-verify-bin")
+    result = run_script("eval.py", *SMALL_CIFAR, f"--val_data_path={cifar_copy.parent}",
+                        f"--checkpoint_path={trained_cifar.checkpoint}", cwd=tmp_path)
+    assert_user_error(result, 1, f"CIFAR-10 data folder {cifar_copy.parent} holds no .bin files but 2 folders",
+                      "(cifar-10-batches-bin, cifar-10-verify-bin); pass the one to use")
 
 
 def test_an_empty_class_folder(tmp_path):

@@ -1,6 +1,7 @@
 """Checkpoints move both ways between this package and the upstream model zoo's GoogleNet: a cell
 shaped like upstream's (tests/upstream_googlenet.py) takes our weights, and a checkpoint saved from it
-drives eval.py, export.py, predict.py and --pre_trained unchanged."""
+drives eval.py, export.py, predict.py and --pre_trained unchanged; and an upstream user's own YAML files
+drive train.py, eval.py and export.py."""
 
 from __future__ import annotations
 
@@ -138,3 +139,142 @@ def test_checkpoints_with_this_packages_earlier_names_load_renamed(trained_cifar
         renamed = _ours(old)
     assert "renamed from this package's earlier names" in caplog.text
     np.testing.assert_array_equal(renamed(x).asnumpy(), _ours(trained_cifar.checkpoint)(x).asnumpy())
+
+
+# An upstream user's YAML: the keys of upstream's cifar10_config.yaml / imagenet_config.yaml (their
+# ModelArts block, training options, export options, upstream's boolean pre_trained and the keys that
+# mean nothing here), with only the paths edited. Written here from that key list, not copied.
+UPSTREAM_COMMON = {
+    "enable_modelarts": False, "data_url": "", "train_url": "", "checkpoint_url": "",
+    "data_path": "/cache/data", "output_path": "/cache/train", "load_path": "/cache/checkpoint_path",
+    "device_target": "Ascend", "enable_profiling": False, "need_modelarts_dataset_unzip": True,
+    "pre_trained": False, "lr_init": 0.1, "momentum": 0.9, "image_height": 224, "image_width": 224,
+    "keep_checkpoint_max": 10, "onnx_filename": "googlenet.onnx", "air_filename": "googlenet.air",
+    "device_id": 0, "file_name": "googlenet", "file_format": "MINDIR", "ckpt_save_dir": "./ckpt/",
+}
+UPSTREAM_CIFAR = {
+    **UPSTREAM_COMMON, "modelarts_dataset_unzip_name": "cifar10", "dataset_name": "cifar10", "name": "cifar10",
+    "train_data_path": "/cache/data/", "val_data_path": "/cache/data/",
+    "num_classes": 10, "batch_size": 128, "epoch_size": 125, "weight_decay": 0.0005,
+    "checkpoint_path": "./train_googlenet_cifar10-125_390.ckpt",
+    "ckpt_file": "/cache/train/train_googlenet_cifar10-125_390.ckpt",
+}
+UPSTREAM_IMAGENET = {
+    **UPSTREAM_COMMON, "modelarts_dataset_unzip_name": "imagenet", "dataset_name": "imagenet", "name": "imagenet",
+    "train_data_path": "/cache/data/train/", "val_data_path": "/cache/data/val/",
+    "num_classes": 1000, "batch_size": 256, "epoch_size": 300, "weight_decay": 0.0001,
+    "checkpoint_path": "./train_googlenet_imagenet-300_5004.ckpt",
+    "ckpt_file": "/cache/train/train_googlenet_imagenet-300_5004.ckpt",
+    "lr_scheduler": "exponential", "lr_epochs": [70, 140, 210, 280], "lr_gamma": 0.3, "eta_min": 0.0,
+    "T_max": 150, "warmup_epochs": 0, "is_dynamic_loss_scale": 0, "loss_scale": 1024,
+    "label_smooth_factor": 0.1, "use_label_smooth": True,
+}
+UPSTREAM_HELP = {"enable_modelarts": "Whether training on modelarts", "name": "dataset name",
+                 "onnx_filename": "onnx file name", "device_id": "device id"}
+UPSTREAM_CHOICES = {"device_target": ["Ascend", "GPU", "CPU"]}
+# Sizes of a test run, given on the command line as a user would.
+SMALL_RUN = ["--device_target=CPU", "--image_height=32", "--image_width=32", "--batch_size=16", "--epoch_size=1"]
+
+
+def _upstream_yaml(path, values: dict, **paths) -> str:
+    import yaml
+
+    with open(path, "w", encoding="utf-8") as handle:
+        yaml.safe_dump_all([{**values, **paths}, UPSTREAM_HELP, UPSTREAM_CHOICES], handle, sort_keys=False)
+    return f"--config_path={path}"
+
+
+@pytest.mark.parametrize("values, shipped", [(UPSTREAM_CIFAR, "cifar10_config_cpu.yaml"),
+                                             (UPSTREAM_IMAGENET, "imagenet_config.yaml")])
+def test_an_upstream_yaml_loads_with_one_line_for_what_it_lacks_and_what_is_ignored(values, shipped, tmp_path,
+                                                                                     caplog):
+    from src.model_utils.config import SCHEMA, load_config
+
+    values = {**values, "train_data_path": "/data/train/"}
+    option = _upstream_yaml(tmp_path / "upstream.yaml", values)
+    with caplog.at_level(logging.INFO, logger="googlenet"):
+        config = load_config([option, "--device_target=CPU"])
+    for key, value in values.items():
+        if key in SCHEMA and key != "pre_trained" and key != "device_target":
+            assert getattr(config, key) == value, key
+    assert config.pre_trained == "" and config.device_target == "CPU"
+    lines = [record.getMessage() for record in caplog.records]
+    assert ["upstream.yaml: upstream keys that mean nothing here, ignored: enable_profiling, "
+            "onnx_filename, air_filename, device_id, name" in line for line in lines].count(True) == 1, lines
+    filled = [line for line in lines if f"keys of this package not in it, taken from this package's {shipped}:" in line]
+    assert len(filled) == 1, lines
+    assert "dropout_rate" in filled[0] and "lr_init" not in filled[0]
+
+
+def test_an_upstream_yaml_still_names_a_missing_upstream_key(tmp_path):
+    from src.errors import ConfigError
+    from src.model_utils.config import load_config
+
+    values = {key: value for key, value in UPSTREAM_CIFAR.items() if key != "momentum"}
+    with pytest.raises(ConfigError, match="upstream.yaml: missing key 'momentum' \\(a number\\)"):
+        load_config([_upstream_yaml(tmp_path / "upstream.yaml", values)])
+
+
+def test_upstream_pre_trained_true_means_start_from_checkpoint_path(tmp_path, caplog):
+    from src.model_utils.config import load_config
+
+    option = _upstream_yaml(tmp_path / "upstream.yaml", {**UPSTREAM_CIFAR, "pre_trained": True},
+                            checkpoint_path="/ckpt/upstream.ckpt")
+    with caplog.at_level(logging.INFO, logger="googlenet"):
+        assert load_config([option]).pre_trained == "/ckpt/upstream.ckpt"
+    assert "training starts from checkpoint_path /ckpt/upstream.ckpt" in caplog.text
+    assert load_config([option, "--pre_trained=False"]).pre_trained == ""
+    assert load_config([option, "--pre_trained=/other.ckpt"]).pre_trained == "/other.ckpt"
+
+
+def test_an_upstream_cifar_yaml_trains_evaluates_exports_and_fine_tunes(cifar_dir, tmp_path):
+    """Upstream's train_data_path/val_data_path name the folder that holds cifar-10-batches-bin."""
+    from src.checkpoint import load_weights
+    from src.googlenet import create_model
+
+    data = str(cifar_dir.parent) + "/"
+    option = _upstream_yaml(tmp_path / "cifar10_config.yaml", UPSTREAM_CIFAR, train_data_path=data,
+                            val_data_path=data, ckpt_save_dir=str(tmp_path / "ckpt"))
+    result = run_script("train.py", option, *SMALL_RUN, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"CIFAR-10 data: using {cifar_dir}" in result.stdout
+    assert re.search(r"^epoch: 1 step: 30, loss is [\d.]+$", result.stdout, re.M)
+    checkpoint = tmp_path / "ckpt" / "train_googlenet_cifar10-1_30.ckpt"
+    assert checkpoint.is_file()
+
+    result = run_script("eval.py", option, "--device_target=CPU", "--image_height=32", "--image_width=32",
+                        f"--checkpoint_path={checkpoint}", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert re.search(r"^accuracy: \{'acc': [\d.]+\}$", result.stdout, re.M)
+
+    result = run_script("export.py", option, "--device_target=CPU", "--image_height=32", "--image_width=32",
+                        f"--ckpt_file={checkpoint}", f"--file_name={tmp_path}/googlenet", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    net = create_model(10)
+    load_weights(net, checkpoint)
+    net.set_train(False)
+    x = ms.Tensor(np.random.default_rng(3).normal(size=(1, 3, 32, 32)).astype(np.float32))
+    exported = ms.nn.GraphCell(ms.load(f"{tmp_path}/googlenet.mindir"))(x).asnumpy()
+    assert np.max(np.abs(exported - net(x).asnumpy())) <= 1e-4
+
+    # Upstream's way to fine-tune: pre_trained: True starts from checkpoint_path.
+    result = run_script("train.py", option, *SMALL_RUN, "--pre_trained=True", f"--checkpoint_path={checkpoint}",
+                        f"--ckpt_save_dir={tmp_path / 'tuned'}", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    # The network's 287 parameters and our dropout's step counter.
+    assert f"pre_trained {checkpoint}: loaded 288 parameters" in result.stdout
+
+
+def test_an_upstream_imagenet_yaml_trains_and_evaluates(image_tree, tmp_path):
+    option = _upstream_yaml(tmp_path / "imagenet_config.yaml", UPSTREAM_IMAGENET,
+                            train_data_path=str(image_tree / "train"), val_data_path=str(image_tree / "val"),
+                            ckpt_save_dir=str(tmp_path / "ckpt"))
+    sizes = ["--device_target=CPU", "--amp_level=O0", "--image_height=32", "--image_width=32", "--batch_size=4",
+             "--num_parallel_workers=1"]
+    result = run_script("train.py", option, *sizes, "--epoch_size=1", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    checkpoint = tmp_path / "ckpt" / "train_googlenet_imagenet-1_12.ckpt"
+    assert checkpoint.is_file(), sorted(p.name for p in (tmp_path / "ckpt").iterdir())
+    result = run_script("eval.py", option, *sizes, f"--checkpoint_path={checkpoint}", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert re.search(r"^accuracy: \{'top_1_accuracy': [\d.]+, 'top_5_accuracy': [\d.]+\}$", result.stdout, re.M)

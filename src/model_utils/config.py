@@ -24,6 +24,7 @@ import yaml
 
 from src.atomic_io import atomic_write_text
 from src.errors import ArgumentParser, ConfigError
+from src.logger import logger
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG_PATH = REPO_ROOT / "cifar10_config.yaml"
@@ -101,6 +102,24 @@ SCHEMA: dict[str, Any] = {
     "class_names_file": str,
     "top_k": int,
 }
+
+# The keys of the upstream model zoo's own YAML files (mindspore-ai/models, research/cv/googlenet), which
+# every config must hold. The other keys of SCHEMA are this package's own: a file without them (an
+# upstream one) takes them from the shipped config of its dataset and device (SHIPPED_CONFIGS).
+UPSTREAM_KEYS = (
+    "enable_modelarts", "data_url", "train_url", "checkpoint_url", "data_path", "output_path", "load_path",
+    "device_target", "need_modelarts_dataset_unzip", "modelarts_dataset_unzip_name", "dataset_name",
+    "pre_trained", "num_classes", "lr_init", "batch_size", "epoch_size", "momentum", "weight_decay",
+    "image_height", "image_width", "train_data_path", "val_data_path", "keep_checkpoint_max",
+    "checkpoint_path", "ckpt_save_dir", "ckpt_file", "file_name", "file_format",
+)
+# Keys of upstream's files that mean nothing here: accepted and ignored, with one info line. (The device
+# comes from DEVICE_ID / the launcher; export names its file from file_name and file_format; profiling
+# is not wired in.)
+UPSTREAM_IGNORED = ("name", "onnx_filename", "air_filename", "device_id", "enable_profiling", "width", "height")
+SHIPPED_CONFIGS = {("cifar10", "CPU"): REPO_ROOT / "cifar10_config_cpu.yaml",
+                   ("cifar10", "other"): REPO_ROOT / "cifar10_config.yaml",
+                   ("imagenet", "other"): REPO_ROOT / "imagenet_config.yaml"}
 
 # Allowed values that hold for every config; a file's third document may narrow them further.
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -292,6 +311,37 @@ def _place_outputs_under(values: dict[str, Any], output_path: str) -> None:
         values[key] = os.path.abspath(os.path.join(output_path, values[key]))
 
 
+def _upstream_pre_trained(values: dict[str, Any], source: str) -> None:
+    """Upstream's ``pre_trained`` is a boolean meaning "start from checkpoint_path"; here it names the
+    checkpoint itself ('' = random initialisation). True/False, in the file or on the command line,
+    are read upstream's way."""
+    flag = str(values["pre_trained"]).lower()
+    if flag not in ("true", "false"):
+        return
+    values["pre_trained"] = values["checkpoint_path"] if flag == "true" else ""
+    if flag == "true":
+        logger.info("pre_trained=True (%s, upstream's form): training starts from checkpoint_path %s", source,
+                    values["pre_trained"])
+
+
+def _fill_own_keys(values: dict[str, Any], config_path: Path, device_override: str | None) -> None:
+    """Every upstream key must be in ``values``; this package's own keys a file lacks (an upstream
+    file) come from the shipped config of its dataset and device, named in one info line."""
+    missing = [key for key in SCHEMA if key not in values]
+    required = [key for key in missing if key in UPSTREAM_KEYS]
+    if required:
+        raise ConfigError(f"config file {config_path}: missing key '{required[0]}' ({_type_name(SCHEMA[required[0]])})")
+    if not missing:
+        return
+    device = device_override or values["device_target"]
+    source = SHIPPED_CONFIGS.get((str(values["dataset_name"]), "CPU" if device == "CPU" else "other"),
+                                 SHIPPED_CONFIGS.get((str(values["dataset_name"]), "other"), DEFAULT_CONFIG_PATH))
+    shipped, _, _ = _read_yaml(source)
+    values.update({key: shipped[key] for key in missing})
+    logger.info("config file %s: %d keys of this package not in it, taken from this package's %s: %s", config_path.name,
+                len(missing), source.name, ", ".join(missing))
+
+
 def load_config(argv: Sequence[str] | None = None, default_config: str | os.PathLike | None = None) -> Config:
     """Read the YAML named by ``--config_path`` and apply ``--key=value`` overrides from ``argv``.
 
@@ -300,19 +350,26 @@ def load_config(argv: Sequence[str] | None = None, default_config: str | os.Path
     """
     pre = ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--config_path", default=str(default_config or DEFAULT_CONFIG_PATH))
+    pre.add_argument("--device_target", default=None)
     known, _ = pre.parse_known_args(argv)
     config_path = Path(known.config_path).expanduser().resolve()
     values, helps, file_choices = _read_yaml(config_path)
 
-    unknown = [key for key in values if key not in SCHEMA]
+    unknown = [key for key in values if key not in SCHEMA and key not in UPSTREAM_IGNORED]
     if unknown:
         raise ConfigError(f"config file {config_path}: unknown key '{unknown[0]}'{_suggest(unknown[0])}")
-    missing = [key for key in SCHEMA if key not in values]
-    if missing:
-        raise ConfigError(f"config file {config_path}: missing key '{missing[0]}' "
-                          f"({_type_name(SCHEMA[missing[0]])})")
+    ignored = [key for key in values if key in UPSTREAM_IGNORED]
+    if ignored:
+        logger.info("config file %s: upstream keys that mean nothing here, ignored: %s", config_path.name,
+                    ", ".join(ignored))
+    values = {key: value for key, value in values.items() if key in SCHEMA}
+    if isinstance(values.get("pre_trained"), bool):
+        values["pre_trained"] = str(values["pre_trained"])
+    _fill_own_keys(values, config_path, known.device_target)
     choices = dict(CHOICES)
     for key, allowed in file_choices.items():
+        if key in UPSTREAM_IGNORED:
+            continue
         if key not in SCHEMA or not isinstance(allowed, list):
             raise ConfigError(f"config file {config_path}: choices for '{key}' must be a list of values of a known key")
         choices[key] = tuple(allowed)
@@ -345,6 +402,7 @@ def load_config(argv: Sequence[str] | None = None, default_config: str | os.Path
             raise ConfigError(f"--{key}={text!r} has the wrong type; expected {_type_name(kind)}") from None
         sources[key] = "command line"
 
+    _upstream_pre_trained(resolved, sources["pre_trained"])
     for key, value in resolved.items():
         _validate(key, value, choices, sources[key])
     if resolved["enable_modelarts"]:

@@ -1,7 +1,9 @@
 """Score the offline inference app's results: top-1 (and for ImageNet top-5) accuracy.
 
-    python postprocess.py --dataset=cifar10 --result_path=./result_Files --label_path=./preprocess_Result/01_label
-    python postprocess.py --dataset=imagenet --result_path=./result_Files --label_path=imagenet_label.txt
+    python postprocess.py --dataset=cifar10 --result_path=./result_Files --label_file=./preprocess_Result/01_label
+    python postprocess.py --dataset=imagenet --result_path=./result_Files --label_file=imagenet_label.txt
+
+The flags are upstream's; ``--label_path`` is accepted for ``--label_file``.
 
 CIFAR-10: every label file ``01_label/<name>.bin`` (int32, one label per image of the batch) is
 matched with ``result_Files/<name>_0.bin`` (float32 logits, one row per image). ImageNet: every
@@ -23,7 +25,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--dataset", choices=("cifar10", "imagenet"), default="cifar10")
     parser.add_argument("--result_path", default="./result_Files", help="folder of <name>_0.bin logits")
-    parser.add_argument("--label_path", required=True,
+    parser.add_argument("--label_file", "--label_path", dest="label_file", required=True,
                         help="CIFAR-10: the 01_label folder from preprocess.py; ImageNet: the label file")
     parser.add_argument("--num_classes", type=int, default=0,
                         help="classes of the model (0 = infer from the result file sizes)")
@@ -91,7 +93,7 @@ def main() -> None:
     result_dir = Path(args.result_path)
     if not result_dir.is_dir():
         raise UserError(f"result folder {result_dir} does not exist; run the inference app first")
-    label_path = Path(args.label_path)
+    label_path = Path(args.label_file)
     entries = cifar10_labels(label_path) if args.dataset == "cifar10" else imagenet_labels(label_path)
 
     top1 = top5 = total = 0

@@ -1,23 +1,29 @@
-"""Prepare inputs of the offline inference app (ascend310_infer).
+"""Prepare inputs of the offline inference app (ascend310_infer), from the same config as export.py.
 
-    python preprocess.py --dataset=cifar10 --data_path=/data/cifar-10-batches-bin --output_path=./preprocess_Result
-    python preprocess.py --dataset=imagenet --data_path=/data/imagenet/val --output_path=./preprocess_Result
+    python preprocess.py --config_path=cifar10_config.yaml --val_data_path=/data/cifar-10-batches-bin \
+        --output_path=./preprocess_Result
+    python preprocess.py --config_path=imagenet_config.yaml --val_data_path=/data/imagenet/val \
+        --output_path=./preprocess_Result
 
+Reads the config's ``dataset_name``, ``val_data_path``, ``image_height`` x ``image_width`` and
+``export_batch_size`` (the exported model's batch) and writes under ``output_path``, as upstream's
+preprocess.py does.
 CIFAR-10: the evaluation images go through src/dataset.py's eval transforms and are written as
-float32 NCHW files ``00_data/cifar10_<i>.bin`` (``batch_size`` images each, the last one may hold
-fewer), with the int32 labels of the same images in ``01_label/cifar10_<i>.bin``.
+float32 NCHW files ``00_data/cifar10_<i>.bin`` (``export_batch_size`` images each, the last one may
+hold fewer), with the int32 labels of the same images in ``01_label/cifar10_<i>.bin``.
 ImageNet: the app reads the JPEGs itself; from a tree of class folders (sorted names = class index,
 as in training) this writes the label file ``imagenet_label.txt``: one line
-``<image path relative to data_path> <class index>`` per image.
+``<image path relative to val_data_path> <class index>`` per image.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 from pathlib import Path
 
-from src.errors import ArgumentParser, ConfigError, UserError, run_main
+from src.errors import UserError, run_main
+from src.logger import setup_logging
+from src.model_utils.config import load_config
 
 CIFAR_DATA_FOLDER = "00_data"
 CIFAR_LABEL_FOLDER = "01_label"
@@ -25,20 +31,15 @@ IMAGENET_LABEL_FILE = "imagenet_label.txt"
 IMAGE_EXTENSIONS = {".jpeg", ".jpg", ".png"}
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
-    parser.add_argument("--dataset", choices=("cifar10", "imagenet"), default="cifar10")
-    parser.add_argument("--data_path", required=True,
-                        help="CIFAR-10 folder with test_batch.bin (or a .bin file); ImageNet val/ class folders")
-    parser.add_argument("--output_path", default="./preprocess_Result")
-    parser.add_argument("--image_height", type=int, default=224, help="CIFAR-10: the model's input height")
-    parser.add_argument("--image_width", type=int, default=224, help="CIFAR-10: the model's input width")
-    parser.add_argument("--batch_size", type=int, default=1, help="CIFAR-10: images per .bin file (the model's batch)")
-    args = parser.parse_args(argv)
-    for key in ("image_height", "image_width", "batch_size"):
-        if getattr(args, key) <= 0:
-            raise ConfigError(f"--{key}={getattr(args, key)} is invalid; expected a value > 0")
-    return args
+def _output_folder(path: str | Path) -> Path:
+    """``path``, created; a folder that cannot be created is a user error naming --output_path."""
+    output = Path(path)
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"output folder {output} cannot be created ({err.strerror}); "
+                        "pass --output_path=<a writable folder>") from None
+    return output
 
 
 def write_cifar10(data_path: str, output: Path, image_size: tuple[int, int], batch_size: int) -> int:
@@ -47,9 +48,8 @@ def write_cifar10(data_path: str, output: Path, image_size: tuple[int, int], bat
 
     dataset = create_dataset("cifar10", data_path, training=False, batch_size=batch_size, image_size=image_size,
                              num_parallel_workers=1, shuffle=False)
-    data_dir, label_dir = output / CIFAR_DATA_FOLDER, output / CIFAR_LABEL_FOLDER
+    data_dir, label_dir = _output_folder(output / CIFAR_DATA_FOLDER), _output_folder(output / CIFAR_LABEL_FOLDER)
     for folder in (data_dir, label_dir):
-        folder.mkdir(parents=True, exist_ok=True)
         for stale in folder.glob("cifar10_*.bin"):
             stale.unlink()
     images = 0
@@ -81,21 +81,22 @@ def imagenet_labels(data_path: str) -> list[tuple[str, int]]:
 
 
 def main() -> None:
-    args = parse_args()
-    output = Path(args.output_path)
-    if args.dataset == "cifar10":
-        images = write_cifar10(args.data_path, output, (args.image_height, args.image_width), args.batch_size)
-        print(f"wrote {images} images of {args.data_path} to {output / CIFAR_DATA_FOLDER} "
-              f"(batches of {args.batch_size}, {args.image_height}x{args.image_width}) "
-              f"and labels to {output / CIFAR_LABEL_FOLDER}", flush=True)
+    setup_logging()
+    config = load_config()
+    data_path, batch = config.val_data_path, config.export_batch_size
+    if config.dataset_name == "cifar10":
+        size = (config.image_height, config.image_width)
+        output = Path(config.output_path)
+        images = write_cifar10(data_path, output, size, batch)
+        print(f"wrote {images} images of {data_path} to {output / CIFAR_DATA_FOLDER} "
+              f"(batches of {batch}, {size[0]}x{size[1]}) and labels to {output / CIFAR_LABEL_FOLDER}", flush=True)
         return
-    labels = imagenet_labels(args.data_path)
-    output.mkdir(parents=True, exist_ok=True)
-    label_file = output / IMAGENET_LABEL_FILE
+    labels = imagenet_labels(data_path)
+    label_file = _output_folder(config.output_path) / IMAGENET_LABEL_FILE
     partial = label_file.with_suffix(".tmp")
     partial.write_text("".join(f"{name} {index}\n" for name, index in labels), encoding="utf-8")
     os.replace(partial, label_file)
-    print(f"wrote labels of {len(labels)} images of {args.data_path} to {label_file}", flush=True)
+    print(f"wrote labels of {len(labels)} images of {data_path} to {label_file}", flush=True)
 
 
 if __name__ == "__main__":

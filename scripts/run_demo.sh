@@ -2,11 +2,12 @@
 # End-to-end demo on CPU: train (evaluating every epoch, drawing the curves) -> eval -> export ->
 # predict, on real CIFAR-10 binary data when a folder is given, else on a generated synthetic
 # dataset in the CIFAR-10 layout (not CIFAR-10).
-#   bash scripts/run_demo.sh [CIFAR10_BATCHES_BIN_DIR] [OUTPUT_DIR]
+#   bash scripts/run_demo.sh [CIFAR10_DIR] [OUTPUT_DIR]
+# CIFAR10_DIR: cifar-10-batches-bin, or the folder that holds it (what unpacking the archive leaves).
 set -euo pipefail
 
 if [ $# -gt 2 ]; then
-  echo "usage: bash scripts/run_demo.sh [CIFAR10_BATCHES_BIN_DIR] [OUTPUT_DIR]" >&2
+  echo "usage: bash scripts/run_demo.sh [CIFAR10_DIR] [OUTPUT_DIR]" >&2
   exit 2
 fi
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -17,7 +18,7 @@ mkdir -p "$OUT"
 if [ $# -ge 1 ]; then
   DATA=$(realpath -m "$1")
   if [ ! -d "$DATA" ]; then
-    echo "error: data folder $DATA does not exist (expected cifar-10-batches-bin/)" >&2
+    echo "error: data folder $DATA does not exist (expected cifar-10-batches-bin/ or the folder holding it)" >&2
     exit 1
   fi
   EPOCHS=${EPOCHS:-1}

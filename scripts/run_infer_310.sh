@@ -3,12 +3,14 @@
 #   bash scripts/run_infer_310.sh MODEL_PATH DATASET DATA_PATH [LABEL_FILE] [DEVICE_ID]
 # MODEL_PATH: a .mindir runs on Ascend 310 through MindSpore's C++ API; an .onnx runs on the CPU
 #   through OpenVINO (INFER_BACKEND=mindspore|openvino overrides the choice).
-# DATASET: cifar10 (DATA_PATH = folder with test_batch.bin) or imagenet (DATA_PATH = folder of JPEGs,
+# DATASET: cifar10 (DATA_PATH = folder with test_batch.bin, or the one holding it) or imagenet (DATA_PATH = folder of JPEGs,
 #   flat or one sub-folder per class).
 # LABEL_FILE: imagenet: lines '<image name> <class index>'; written by preprocess.py from the class
 #   folders when omitted (or '-'). cifar10: not used, pass '-' to give a DEVICE_ID.
-# CIFAR-10 images are transformed to IMAGE_HEIGHT x IMAGE_WIDTH (default 224; must equal the model's
-#   input) in batches of BATCH_SIZE (default 1; the model's export_batch_size).
+# preprocess.py reads CONFIG_PATH (default: the repository's <DATASET>_config.yaml, the file export.py
+#   used): CIFAR-10 images are transformed to its image_height x image_width in batches of its
+#   export_batch_size (both must be the model's input). IMAGE_HEIGHT, IMAGE_WIDTH and BATCH_SIZE in the
+#   environment override them.
 # Outputs: preprocess_Result/, result_Files/, time_Result/, infer.log, acc.log.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -23,13 +25,12 @@ DATASET=$2
 DATA_PATH=$(realpath -m "$3")
 LABEL_FILE=${4:--}
 DEVICE_ID=${5:-0}
-IMAGE_HEIGHT=${IMAGE_HEIGHT:-224}
-IMAGE_WIDTH=${IMAGE_WIDTH:-224}
-BATCH_SIZE=${BATCH_SIZE:-1}
+CONFIG_PATH=$(realpath -m "${CONFIG_PATH:-$REPO/${DATASET}_config.yaml}")
 
 [ -f "$MODEL_PATH" ] || fail "MODEL_PATH $MODEL_PATH does not exist; export one with export.py"
 case "$DATASET" in cifar10|imagenet) ;; *) fail "DATASET '$DATASET' is not supported; expected cifar10 or imagenet" ;; esac
 [ -e "$DATA_PATH" ] || fail "DATA_PATH $DATA_PATH does not exist"
+[ -f "$CONFIG_PATH" ] || fail "CONFIG_PATH $CONFIG_PATH does not exist"
 [[ "$DEVICE_ID" =~ ^[0-9]+$ ]] || fail "DEVICE_ID '$DEVICE_ID' is not a device number (0, 1, ...)"
 if [ "$LABEL_FILE" != "-" ] && [ "$DATASET" = imagenet ]; then
     LABEL_FILE=$(realpath -m "$LABEL_FILE")
@@ -45,19 +46,26 @@ if [ -z "$BACKEND" ]; then
     esac
 fi
 
+preprocess() {
+    local sizes=()
+    [ -z "${IMAGE_HEIGHT:-}" ] || sizes+=(--image_height="$IMAGE_HEIGHT")
+    [ -z "${IMAGE_WIDTH:-}" ] || sizes+=(--image_width="$IMAGE_WIDTH")
+    [ -z "${BATCH_SIZE:-}" ] || sizes+=(--export_batch_size="$BATCH_SIZE")
+    "$PYTHON" "$REPO/preprocess.py" --config_path="$CONFIG_PATH" --dataset_name="$DATASET" \
+        --val_data_path="$DATA_PATH" --output_path=./preprocess_Result "${sizes[@]}"
+}
+
 rm -rf result_Files time_Result
 if [ "$DATASET" = cifar10 ]; then
     echo "preprocessing $DATA_PATH"
-    "$PYTHON" "$REPO/preprocess.py" --dataset=cifar10 --data_path="$DATA_PATH" --output_path=./preprocess_Result \
-        --image_height="$IMAGE_HEIGHT" --image_width="$IMAGE_WIDTH" --batch_size="$BATCH_SIZE"
+    preprocess
     INPUT_PATH=./preprocess_Result/00_data
-    LABEL_PATH=./preprocess_Result/01_label
+    LABEL_FILE=./preprocess_Result/01_label
 else
     INPUT_PATH=$DATA_PATH
-    LABEL_PATH=$LABEL_FILE
     if [ "$LABEL_FILE" = "-" ]; then
-        "$PYTHON" "$REPO/preprocess.py" --dataset=imagenet --data_path="$DATA_PATH" --output_path=./preprocess_Result
-        LABEL_PATH=./preprocess_Result/imagenet_label.txt
+        preprocess
+        LABEL_FILE=./preprocess_Result/imagenet_label.txt
     fi
 fi
 
@@ -72,6 +80,6 @@ if ! "$REPO/ascend310_infer/out/$BACKEND/main" --model_path="$MODEL_PATH" --data
 fi
 tail -n 1 infer.log
 
-"$PYTHON" "$REPO/postprocess.py" --dataset="$DATASET" --result_path=./result_Files --label_path="$LABEL_PATH" \
+"$PYTHON" "$REPO/postprocess.py" --dataset="$DATASET" --result_path=./result_Files --label_file="$LABEL_FILE" \
     >acc.log
 cat acc.log

@@ -97,11 +97,16 @@ def test_cifar10_chain_matches_eval(trained_cifar, tmp_path):
     import mindspore as ms
 
     from src.dataset import create_dataset
+    from src.model_utils.config import load_config
 
-    # Batches of 3 over 80 images: the last .bin holds 2 images and the app pads the model's batch.
-    model = export_onnx(SMALL_CIFAR, trained_cifar.checkpoint, 3, tmp_path)
-    result = run_script("scripts/run_infer_310.sh", str(model), "cifar10", str(trained_cifar.data_dir), cwd=tmp_path,
-                        env=chain_env(IMAGE_HEIGHT="32", IMAGE_WIDTH="32", BATCH_SIZE="3"))
+    # One YAML drives export.py and the chain's preprocess.py: 32x32 images, batches of 3 over 80 images
+    # (the last .bin holds 2 images and the app pads the model's batch). DATA_PATH is the folder that
+    # holds cifar-10-batches-bin.
+    config = tmp_path / "cifar10_small.yaml"
+    load_config([*SMALL_CIFAR, "--export_batch_size=3"]).save(config)
+    model = export_onnx([f"--config_path={config}"], trained_cifar.checkpoint, 3, tmp_path)
+    result = run_script("scripts/run_infer_310.sh", str(model), "cifar10", str(trained_cifar.data_dir.parent),
+                        cwd=tmp_path, env=chain_env(CONFIG_PATH=str(config)))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     results = sorted((tmp_path / "result_Files").glob("cifar10_*_0.bin"))
@@ -210,7 +215,7 @@ def test_postprocess_reports_missing_and_missized_results(tmp_path):
     np.array([1, 2], dtype=np.int32).tofile(labels / "cifar10_00000.bin")
     np.array([3], dtype=np.int32).tofile(labels / "cifar10_00001.bin")
     np.eye(2, 10, k=1, dtype=np.float32).tofile(results / "cifar10_00000_0.bin")
-    args = ["--dataset=cifar10", f"--result_path={results}", f"--label_path={labels}"]
+    args = ["--dataset=cifar10", f"--result_path={results}", f"--label_file={labels}"]
 
     assert_user_error(run_script("postprocess.py", *args, cwd=tmp_path), 1, "cifar10_00001_0.bin", "missing")
     np.zeros(9, dtype=np.float32).tofile(results / "cifar10_00001_0.bin")
@@ -220,6 +225,9 @@ def test_postprocess_reports_missing_and_missized_results(tmp_path):
     good = run_script("postprocess.py", *args, cwd=tmp_path)
     assert good.returncode == 0, good.stderr
     assert good.stdout.strip() == "after allreduce eval: top1_correct=3, tot=3, acc=100.00%"
+    # --label_path, this package's earlier name of upstream's --label_file, still works.
+    alias = run_script("postprocess.py", *args[:2], f"--label_path={labels}", cwd=tmp_path)
+    assert alias.returncode == 0 and alias.stdout == good.stdout, alias.stderr
 
 
 def test_run_infer_310_checks_its_arguments(tmp_path):

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
+import sys
 
 import numpy as np
 import pytest
 
-from tests.conftest import SMALL_CIFAR, assert_user_error, run_script
+from tests.conftest import SMALL_CIFAR, assert_user_error, run_script, script_env
 
 
 def test_train_logs_model_zoo_lines_and_writes_checkpoints(trained_cifar):
@@ -66,3 +67,15 @@ def test_export_air_off_ascend_is_a_clear_error(trained_cifar, tmp_path):
                         "--file_format=AIR", f"--file_name={tmp_path}/gnet", cwd=tmp_path)
     assert_user_error(result, 2, "file_format=AIR", "Ascend")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_demo_takes_the_folder_that_holds_cifar_10_batches_bin(cifar_dir, tmp_path):
+    """scripts/run_demo.sh on a CIFAR-10 folder given as unpacking the archive leaves it: train (with
+    evaluation each epoch), eval and export run on it, and it names the folder it used."""
+    out = tmp_path / "demo"
+    result = run_script("scripts/run_demo.sh", str(cifar_dir.parent), str(out), cwd=tmp_path,
+                        env=script_env(PYTHON=sys.executable, EPOCHS="1"))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"CIFAR-10 data: using {cifar_dir}" in result.stdout
+    assert re.search(r"^accuracy: \{'acc': [\d.]+\}$", result.stdout, re.M), result.stdout[-2000:]
+    assert (out / "googlenet.mindir").is_file() and "demo finished" in result.stdout

@@ -278,3 +278,18 @@ def test_an_upstream_imagenet_yaml_trains_and_evaluates(image_tree, tmp_path):
     result = run_script("eval.py", option, *sizes, f"--checkpoint_path={checkpoint}", cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert re.search(r"^accuracy: \{'top_1_accuracy': [\d.]+, 'top_5_accuracy': [\d.]+\}$", result.stdout, re.M)
+
+
+def test_mindspore_hub_conf_builds_the_network_upstream_checkpoints_load_into(upstream):
+    from mindspore_hub_conf import create_network
+
+    path, cell = upstream
+    net = create_network("googlenet")
+    not_loaded, _ = ms.load_param_into_net(net, ms.load_checkpoint(str(path)), strict_load=True)
+    assert not_loaded == ["dropout.step"]  # our dropout's step counter; upstream has none
+    net.set_train(False)
+    x = ms.Tensor(np.random.default_rng(4).normal(size=(2, 3, 32, 32)).astype(np.float32))
+    np.testing.assert_allclose(net(x).asnumpy(), cell(x).asnumpy(), atol=1e-5)
+    assert create_network("googlenet", num_classes=1000).classifier.weight.shape == (1000, 1024)
+    with pytest.raises(NotImplementedError, match="resnet50 is not implemented in this repository"):
+        create_network("resnet50")

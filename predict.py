@@ -3,7 +3,8 @@
     python predict.py --config_path=imagenet_config.yaml --predict_model=googlenet.mindir \
         --predict_images=cat.jpg,photos/ --class_names_file=imagenet_class_index.json --top_k=5
 
-Prints one line per image: ``<path>: <name> 0.9312, <name> 0.0211, ...``. Runs on any device_target.
+Prints one line per image: ``<path>: <name> 0.9312, <name> 0.0211, ...``. Runs on any device_target,
+and as a ModelArts startup file (``enable_modelarts=True``: data_url and checkpoint_url are fetched first).
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ from src.errors import ConfigError, run_main
 from src.logger import logger, setup_logging
 from src.model_utils.config import load_config
 from src.model_utils.device_adapter import configure_device
+from src.model_utils.moxing_adapter import moxing_wrapper
 from src.predictor import collect_images, load_classifier, predict_probabilities, read_class_names, top_k
 
 
+@moxing_wrapper
 def main() -> None:
     setup_logging()
     config = load_config()

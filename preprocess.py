@@ -69,7 +69,7 @@ def imagenet_labels(data_path: str) -> list[tuple[str, int]]:
     classes = sorted(child.name for child in root.iterdir() if child.is_dir())
     if not classes:
         raise UserError(f"ImageNet folder {root} has no class sub-folders; expected {root}/<class>/<image>.JPEG "
-                        "(for a flat folder of images, write the label file yourself; see README)")
+                        "(for a flat folder of images, write the label file yourself; see docs/INFERENCE.md)")
     labels = []
     for index, name in enumerate(classes):
         for image in sorted((root / name).iterdir()):

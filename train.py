@@ -20,13 +20,12 @@ from src.dataset import create_dataset_from_config
 from src.errors import UserError, run_main
 from src.finetune import freeze_backbone
 from src.googlenet import create_model_from_config
-from src.logger import logger, setup_logging
+from src.logger import logger, quiet_unless_main_rank, setup_logging
 from src.lr_scheduler import create_lr_schedule
 from src.metrics import create_eval_metrics
 from src.model_utils.config import load_config
-from src.model_utils.device_adapter import configure_device, get_rank_id
+from src.model_utils.device_adapter import configure_device
 from src.model_utils.moxing_adapter import moxing_wrapper
-from src.rank_debug import dump_trainable_params
 from src.resources import batch_must_fit
 from src.resume import find_resume_point, restore_training_state, run_files, skip_trained_epochs
 from src.trainer import checkpoint_prefix, create_train_model
@@ -34,10 +33,10 @@ from src.trainer import checkpoint_prefix, create_train_model
 
 @moxing_wrapper
 def main() -> None:
-    setup_logging(get_rank_id())
+    setup_logging()
     config = load_config()
     ranks = configure_device(config, distributed=True)
-    setup_logging(ranks.rank_id)
+    quiet_unless_main_rank(ranks.rank_id)
     if ranks.is_main:
         print(config.summary(), flush=True)
     ms.set_seed(config.seed)
@@ -70,13 +69,11 @@ def main() -> None:
     if ranks.is_main:
         prepare_output_folder(files.directory, "ckpt_save_dir")
         config.save(files.directory / "config.yaml")
-    callbacks = create_callbacks(config, is_main=ranks.is_main, images_per_step=config.batch_size * ranks.rank_size,
-                                 learning_rates=learning_rates, files=files, first_epoch=first_epoch, model=model,
-                                 eval_dataset=eval_dataset)
+    callbacks = create_callbacks(config, ranks, learning_rates=learning_rates, files=files, first_epoch=first_epoch,
+                                 model=model, eval_dataset=eval_dataset)
     with batch_must_fit(config.batch_size, (config.image_height, config.image_width), config.device_target):
         model.train(config.epoch_size, dataset, callbacks=callbacks, dataset_sink_mode=config.dataset_sink_mode,
                     initial_epoch=first_epoch)
-    dump_trainable_params(net, ranks.rank_id)
     if ranks.is_main:
         draw_after_training(files.metrics, files.curves, title=files.prefix)
     print("train success", flush=True)

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Build the offline inference app into ascend310_infer/out/<backend>/main.
 #   bash build.sh [mindspore|openvino|auto]     (or INFER_BACKEND=...; default auto)
+#   bash build.sh --check [backend]              only check the build prerequisites (one error line if not)
 # mindspore: MindIR on Ascend 310 with MindSpore's C++ API, found in MINDSPORE_PATH, else in the
 #            installed `mindspore` / `mindspore_lite` Python package, else in ../.deps (see
 #            scripts/install_infer_deps.sh). openvino: ONNX on CPU, from the installed `openvino` package.
 # auto takes mindspore when its C++ API is found, else openvino.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
+CHECK_ONLY=0
+if [ "${1:-}" = --check ]; then CHECK_ONLY=1; shift; fi
 BACKEND=${1:-${INFER_BACKEND:-auto}}
 PYTHON=${PYTHON:-python3}
 
@@ -33,6 +36,28 @@ find_openvino() {
     "$PYTHON" -c "import openvino.utils as u; print(u.get_cmake_path())" 2>/dev/null || true
 }
 
+# The tools and headers CMakeLists.txt needs, named in one line rather than as a CMake error.
+check_prerequisites() {
+    local missing=() cxx
+    command -v cmake >/dev/null || missing+=("cmake")
+    command -v make >/dev/null || missing+=("make")
+    cxx=${CXX:-$(command -v c++ || command -v g++ || true)}
+    if [ -z "$cxx" ] || ! command -v "$cxx" >/dev/null; then
+        missing+=("a C++17 compiler (${CXX:-g++})")
+    else
+        has_header() { echo "#include <$1>" | "$cxx" -x c++ -std=c++17 -fsyntax-only "${@:2}" - >/dev/null 2>&1; }
+        has_header gflags/gflags.h || missing+=("gflags headers (libgflags-dev)")
+        has_header opencv2/imgcodecs.hpp -I/usr/include/opencv4 -I/usr/local/include/opencv4 \
+            || missing+=("OpenCV headers (libopencv-imgcodecs-dev, libopencv-imgproc-dev)")
+    fi
+    if [ ${#missing[@]} -gt 0 ]; then
+        local list
+        list=$(printf '%s, ' "${missing[@]}")
+        fail "cannot build the inference app, missing: ${list%, }; install them with: bash scripts/install_infer_deps.sh"
+    fi
+}
+check_prerequisites
+
 case "$BACKEND" in
     auto)
         if [ -n "$(find_mindspore)" ]; then BACKEND=mindspore
@@ -50,14 +75,16 @@ if [ "$BACKEND" = mindspore ]; then
     [ -n "$MS_PATH" ] || fail "MindSpore's C++ API (include/api/model.h + lib/) not found: set MINDSPORE_PATH," \
         "install MindSpore for Ascend, or run scripts/install_infer_deps.sh"
     CMAKE_ARGS+=(-DMINDSPORE_PATH="$MS_PATH")
-    echo "backend mindspore: $MS_PATH"
+    [ "$CHECK_ONLY" = 1 ] || echo "backend mindspore: $MS_PATH"
 else
     OV_CMAKE=$(find_openvino)
     [ -n "$OV_CMAKE" ] || fail "OpenVINO not found in $("$PYTHON" -c 'import sys; print(sys.executable)' 2>/dev/null \
         || echo "$PYTHON"); pip install openvino (or run scripts/install_infer_deps.sh)"
     CMAKE_ARGS+=(-DOpenVINO_DIR="$OV_CMAKE")
-    echo "backend openvino: $OV_CMAKE"
+    [ "$CHECK_ONLY" = 1 ] || echo "backend openvino: $OV_CMAKE"
 fi
+
+[ "$CHECK_ONLY" = 0 ] || exit 0
 
 BUILD_DIR="$HERE/build/$BACKEND"
 OUT_DIR="$HERE/out/$BACKEND"

@@ -46,4 +46,10 @@ if [ -d "$OUT/data/images" ]; then
   "$PYTHON" predict.py "${COMMON[@]}" --predict_model="$OUT/googlenet.mindir" --predict_images="$OUT/data/images" \
     --class_names_file="$DATA/batches.meta.txt" --top_k=3 2>&1 | tee "$OUT/predict.log" | grep -E "\.png: "
 fi
-echo "demo finished: outputs in $OUT (metrics log and curves: $OUT/ckpt/*-metrics.jsonl, *-curves.png)"
+CURVES=$(ls -t "$OUT"/ckpt/train_googlenet_cifar10*-curves.png 2>/dev/null | head -n 1 || true)
+echo "demo finished: outputs in $OUT (metrics log: $OUT/ckpt/*-metrics.jsonl)"
+if [ -n "$CURVES" ]; then
+  echo "curves: $CURVES"
+else
+  echo "no curves drawn (matplotlib missing: pip install -r requirements.txt)"
+fi

@@ -55,6 +55,9 @@ preprocess() {
         --val_data_path="$DATA_PATH" --output_path=./preprocess_Result "${sizes[@]}"
 }
 
+# Missing compilers or headers stop here with one line, before any output is written.
+PYTHON="$PYTHON" bash "$REPO/ascend310_infer/build.sh" --check "$BACKEND"
+
 rm -rf result_Files time_Result
 if [ "$DATASET" = cifar10 ]; then
     echo "preprocessing $DATA_PATH"

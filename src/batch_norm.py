@@ -2,7 +2,7 @@
 
 At a 32x32 input GoogleNet's 57 BatchNorms run on planes of 1 to 256 values: MindSpore 2.10's CPU
 BatchNorm, ReLU and their two gradients cost far more to launch than their arithmetic
-(docs/PERFORMANCE.md, attempt 25). ``BatchNormReLU2d`` is ``nn.BatchNorm2d`` (same parameters, same
+(docs/PERFORMANCE.md, "Changes tried"). ``BatchNormReLU2d`` is ``nn.BatchNorm2d`` (same parameters, same
 names, so checkpoints move freely) followed by ReLU; in training, on the kernel, the pair is one
 operation and its gradient one more (src/kernels/conv.cc, ``BatchNormReluTrain``): batch statistics
 normalise, and the moving statistics are updated in place, with MindSpore's rule (weight

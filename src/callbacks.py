@@ -1,8 +1,9 @@
-"""Training callbacks beyond the log lines: periodic checkpoints, evaluation with a best checkpoint,
-and the assembly of the callback list train.py passes to ``Model.train``."""
+"""The callbacks of training: the model-zoo log lines (and the metrics log), periodic checkpoints,
+evaluation with a best checkpoint, and the assembly of the list train.py passes to ``Model.train``."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import mindspore as ms
@@ -14,10 +15,76 @@ from src.checkpoint import read_checkpoint, save_checkpoint_file
 from src.logger import logger
 from src.metrics import primary_metric, split_image_count
 from src.metrics_log import MetricsLog
+from src.model_utils.device_adapter import Ranks
+from src.rank_debug import ParameterDump, debug_dir
 from src.resume import RunFiles
-from src.trainer import TrainMonitor, global_step
 
 BEST_METRIC_KEY = "best_metric"
+
+
+def _loss_tensor(outputs) -> ms.Tensor:
+    """The loss from a train step's outputs (the loss-scale cell adds overflow flag and scale)."""
+    return outputs[0] if isinstance(outputs, (tuple, list)) else outputs
+
+
+def step_in_epoch(params) -> int:
+    """The 1-based step within the current epoch."""
+    return (params.cur_step_num - 1) % params.batch_num + 1
+
+
+def global_step(params) -> int:
+    """Steps since the start of training, also in a run resumed at a later epoch."""
+    return (params.cur_epoch_num - 1) * params.batch_num + step_in_epoch(params)
+
+
+class TrainMonitor(Callback):
+    """Model-zoo log lines: ``epoch: N step: M, loss is X`` every ``log_interval`` steps and at
+    each epoch end, then the epoch's time and throughput over all ranks. With a ``metrics_log``,
+    the same numbers (and the learning rate) also go to that JSON-lines file."""
+
+    def __init__(self, log_interval: int, images_per_step: int, learning_rates: np.ndarray | None = None,
+                 metrics_log: MetricsLog | None = None) -> None:
+        super().__init__()
+        self.log_interval = log_interval
+        self.images_per_step = images_per_step
+        self.learning_rates = learning_rates
+        self.metrics_log = metrics_log
+        self.epoch_start = 0.0
+        self.epoch_losses: list[ms.Tensor] = []
+
+    def _lr(self, step: int) -> float:
+        """The learning rate of global step ``step`` (1-based)."""
+        if self.learning_rates is None:
+            return float("nan")
+        return float(self.learning_rates[min(step, len(self.learning_rates)) - 1])
+
+    def on_train_epoch_begin(self, run_context) -> None:
+        self.epoch_start = time.perf_counter()
+        self.epoch_losses = []
+
+    def on_train_step_end(self, run_context) -> None:
+        params = run_context.original_args()
+        loss_tensor = _loss_tensor(params.net_outputs)
+        self.epoch_losses.append(loss_tensor)
+        step = step_in_epoch(params)
+        if step % self.log_interval == 0 or step == params.batch_num:
+            loss = float(np.mean(loss_tensor.asnumpy()))
+            print(f"epoch: {params.cur_epoch_num} step: {step}, loss is {loss:.7g}", flush=True)
+            if self.metrics_log is not None:
+                total = global_step(params)
+                self.metrics_log.append("train", params.cur_epoch_num, total, loss=loss, lr=self._lr(total))
+
+    def on_train_epoch_end(self, run_context) -> None:
+        params = run_context.original_args()
+        seconds = time.perf_counter() - self.epoch_start
+        images = params.batch_num * self.images_per_step
+        print(f"epoch: {params.cur_epoch_num} time: {seconds:.2f} s, per step time: "
+              f"{1000 * seconds / params.batch_num:.1f} ms, {images / seconds:.1f} images/s", flush=True)
+        if self.metrics_log is not None:
+            step = global_step(params)
+            mean_loss = float(np.mean([np.mean(t.asnumpy()) for t in self.epoch_losses]))
+            self.metrics_log.append("epoch", params.cur_epoch_num, step, loss=mean_loss, lr=self._lr(step),
+                                    images_per_s=images / seconds, seconds=seconds)
 
 
 def _due(epoch: int, every: int, last_epoch: int) -> bool:
@@ -102,19 +169,25 @@ class EpochEvaluator(Callback):
             self.metrics_log.append("eval", epoch, global_step(params), **values, best=self.best.value)
 
 
-def create_callbacks(config, *, is_main: bool, images_per_step: int, learning_rates, files: RunFiles,
-                     first_epoch: int, model: ms.Model, eval_dataset: ds.Dataset | None) -> list[Callback]:
+def create_callbacks(config, ranks: Ranks, *, learning_rates, files: RunFiles, first_epoch: int, model: ms.Model,
+                     eval_dataset: ds.Dataset | None) -> list[Callback]:
     """Log lines on every rank; on the main rank also the metrics log, checkpoints and evaluation."""
-    if not is_main:
-        return [TrainMonitor(config.log_interval, images_per_step)]
-    metrics_log = MetricsLog(files.metrics)
-    metrics_log.start(first_epoch)
-    logger.info("checkpoints and metrics go to %s/%s-*", files.directory.resolve(), files.prefix)
-    callbacks: list[Callback] = [
-        TrainMonitor(config.log_interval, images_per_step, learning_rates, metrics_log),
-        CheckpointSaver(files, config.save_checkpoint_epochs, config.keep_checkpoint_max, config.epoch_size),
-    ]
-    if eval_dataset is not None:
-        callbacks.append(EpochEvaluator(model, eval_dataset, config.dataset_name, config.eval_interval,
-                                        config.epoch_size, files, metrics_log, read_best_score(files, first_epoch)))
+    images_per_step = config.batch_size * ranks.rank_size
+    if not ranks.is_main:
+        callbacks: list[Callback] = [TrainMonitor(config.log_interval, images_per_step)]
+    else:
+        metrics_log = MetricsLog(files.metrics)
+        metrics_log.start(first_epoch)
+        logger.info("checkpoints and metrics go to %s/%s-*", files.directory.resolve(), files.prefix)
+        callbacks = [
+            TrainMonitor(config.log_interval, images_per_step, learning_rates, metrics_log),
+            CheckpointSaver(files, config.save_checkpoint_epochs, config.keep_checkpoint_max, config.epoch_size),
+        ]
+        if eval_dataset is not None:
+            callbacks.append(EpochEvaluator(model, eval_dataset, config.dataset_name, config.eval_interval,
+                                            config.epoch_size, files, metrics_log,
+                                            read_best_score(files, first_epoch)))
+    folder = debug_dir()
+    if folder is not None:
+        callbacks.append(ParameterDump(folder, ranks.rank_id, model.predict_network))
     return callbacks

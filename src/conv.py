@@ -5,11 +5,11 @@ input (4x4 down to 1x1) that leaves the arithmetic in GEMMs too small to run fas
 computes the forward pass and both gradients each as one GEMM over the whole batch (im2col; on
 planes the kernel window covers whole, a dense map that skips the padding taps): with it
 on planes of at most 16 values the 32x32 training step is 13-24% shorter (docs/PERFORMANCE.md,
-attempt 15); on larger planes oneDNN is faster, and keeps them. ``CompiledConv2d`` is an
+"Changes tried"); on larger planes oneDNN is faster, and keeps them. ``CompiledConv2d`` is an
 ``nn.Conv2d`` with the same parameter, so checkpoints move freely between the two; its outputs
 equal MindSpore's up to float32 rounding (the sums run in another order). Stride-2 convolutions (conv1)
 have no gradient in the kernel: their ``CompiledConv2d`` is MindSpore's Conv2D, and the kernel runs only
-their folded inference form, ``ConvBiasReLU`` (attempt 19).
+their folded inference form, ``ConvBiasReLU``.
 
 The library is built on first use by src/compiled_kernels.py. ``create_conv`` falls back to
 ``nn.Conv2d`` where that is not possible (no compiler) and for what the kernel does not cover
@@ -36,13 +36,13 @@ from src.errors import UserError
 THREADS_VARIABLE = "GOOGLENET_KERNEL_THREADS"
 
 # Largest plane (H*W values) a CompiledConv2d computes with the kernel; above it, MindSpore's Conv2D,
-# which is faster on larger planes (docs/PERFORMANCE.md, attempt 15: with the kernel on every plane
+# which is faster on larger planes (docs/PERFORMANCE.md, "Changes tried": with the kernel on every plane
 # the 224x224 training step took 3.15 s instead of 2.47 s; at 32x32, limits of 4, 16 and 64 values
 # could not be told apart).
 MAX_KERNEL_PLANE = 16
 # The same limit for the folded inference form (ConvBiasReLU), whose filters the kernel packs once:
 # there it is faster on 8x8 planes too (conv2 and conv3 at 32x32 input) and no slower on the 7x7
-# planes of a 224x224 input (docs/PERFORMANCE.md, attempt 21).
+# planes of a 224x224 input (docs/PERFORMANCE.md, "Changes tried").
 MAX_FOLDED_KERNEL_PLANE = 64
 
 # Names each folded filter for the kernel, which packs a filter on its first call and keeps it by
@@ -109,7 +109,7 @@ class ConvBiasReLU(nn.Cell):
     weight and bias (src/googlenet.py, ``fold_batchnorm``). Made from a ``CompiledConv2d``, it is one
     call of the compiled kernel: for stride 1 on planes of at most ``MAX_FOLDED_KERNEL_PLANE`` values
     (or the convolution's own limit, if larger), for stride 2 on every plane (conv1: faster than
-    MindSpore's at 32x32 and 224x224 input, docs/PERFORMANCE.md, attempt 19); otherwise it is
+    MindSpore's at 32x32 and 224x224 input, docs/PERFORMANCE.md); otherwise it is
     MindSpore's Conv2D (the one of ``conv``), BiasAdd and ReLU. The kernel keeps the filter packed
     after its first call: the weight is a constant of the cell (fold again rather than change it)."""
 

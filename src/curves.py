@@ -2,7 +2,7 @@
 
     python -m src.curves ckpt/train_googlenet_cifar10-metrics.jsonl [--output curves.png]
 
-matplotlib is optional: training only warns without it; this command needs it.
+matplotlib is in requirements.txt; where it is missing, training only warns, and this command stops.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 ``nn.Momentum`` updates each parameter with its own operations: weight decay (Mul, AddN), loss
 scaling (Mul) and ApplyMomentum, about 290 operations for GoogleNet, whose launches cost more than
-their arithmetic in a 32x32 training step (docs/PERFORMANCE.md, attempt 26). ``CompiledMomentum`` is
+their arithmetic in a 32x32 training step (docs/PERFORMANCE.md, "Changes tried"). ``CompiledMomentum`` is
 ``nn.Momentum`` (same arguments, parameter groups, learning-rate schedules, the same ``moments``
 state, so checkpoints and resumption are unchanged) whose step is one kernel call doing the same
 arithmetic in the same order, the parameters and moments updated in place.

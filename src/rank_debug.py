@@ -5,7 +5,8 @@ Every rank then writes into that folder
   reading order (so each epoch is a block of ``shard size`` lines);
 - ``params_rank<r>.npz``: its trainable parameters after training.
 Tests and users debugging a cluster use them to check that the ranks read disjoint shards and
-finished with the same weights. Unset (the default), nothing is recorded and nothing is slowed.
+finished with the same weights. Unset (the default), nothing is recorded and nothing is slowed: the
+data pipeline reads its records directly and train.py's callbacks hold no ParameterDump.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+from mindspore.train import Callback
 
 DEBUG_DIR_VARIABLE = "GOOGLENET_RANK_DEBUG_DIR"
 
@@ -53,8 +55,13 @@ def record_samples(source, rank_id: int):
     return source if folder is None else RecordedSource(source, folder / f"samples_rank{rank_id}.txt")
 
 
-def dump_trainable_params(net, rank_id: int) -> None:
-    """Save this rank's trainable parameters when the debug folder is set."""
-    folder = debug_dir()
-    if folder is not None:
-        np.savez(folder / f"params_rank{rank_id}.npz", **{p.name: p.asnumpy() for p in net.trainable_params()})
+class ParameterDump(Callback):
+    """After training, this rank's trainable parameters into ``params_rank<r>.npz`` of ``folder``."""
+
+    def __init__(self, folder: Path, rank_id: int, net) -> None:
+        super().__init__()
+        self.path = folder / f"params_rank{rank_id}.npz"
+        self.net = net
+
+    def on_train_end(self, run_context) -> None:
+        np.savez(self.path, **{p.name: p.asnumpy() for p in self.net.trainable_params()})

@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import json
+import statistics
+from types import SimpleNamespace
 
 import pytest
 
@@ -26,16 +29,32 @@ def test_short_run_reports_every_case_of_mindspore_and_the_pipelines(short_run):
     _, report = short_run
     assert report["settings"]["sizes"] == [32] and report["settings"]["batch"] == 4
     assert report["settings"]["turn_warmup"] == 1
-    assert report["machine"]["mindspore"] == "2.10.0" and report["machine"]["cores"] >= 1
+    assert report["machine"]["mindspore"] == importlib.metadata.version("mindspore")
+    assert report["machine"]["cores"] >= 1
     ours = {(row["task"], row["size"]): row for row in report["results"] if row["engine"] == "mindspore"}
     assert set(ours) == {(task, 32) for task in TASKS}
     pipes = {row["task"]: row for row in report["results"] if row["engine"] == "pipeline"}
     assert set(pipes) == set(PIPELINES)
     for row in [*ours.values(), *pipes.values()]:
-        assert row["images_per_s"] > 0 and row["min"] <= row["images_per_s"] <= row["max"], row
-        assert len(row["rounds"]) == report["settings"]["rounds"], row
+        assert len(row["rounds"]) == report["settings"]["rounds"] and min(row["rounds"]) > 0, row
+        assert row["images_per_s"] == pytest.approx(statistics.median(row["rounds"]), rel=1e-3), row
     assert report["pipeline_vs_train"]["ratio"] == pytest.approx(
         pipes["cifar10"]["images_per_s"] / ours[("train", 32)]["images_per_s"], rel=0.02)
+
+
+def test_summary_takes_median_spread_and_ratios_of_the_rounds():
+    """The report's arithmetic on known rounds: median, min and max per row, ours / peer per case."""
+    import benchmark
+
+    ours, peer = SimpleNamespace(label="mindspore", compile_s={}), SimpleNamespace(label="torch", compile_s={})
+    rounds = {(("train", 32), "mindspore"): [30.0, 10.0, 20.0, 50.0, 40.0],
+              (("train", 32), "torch"): [8.0, 12.0, 10.0]}
+    summary = benchmark.summarise(rounds, [(("train", 32), [ours, peer])], "torch", 32, None)
+    rows = {row["engine"]: row for row in summary["results"]}
+    assert (rows["mindspore"]["images_per_s"], rows["mindspore"]["min"], rows["mindspore"]["max"]) == (30, 10, 50)
+    assert rows["torch"]["images_per_s"] == 10
+    assert summary["ratios"] == [{"task": "train", "size": 32, "engine": "mindspore", "peer": "torch",
+                                  "ratio": 3.0}]
 
 
 def test_peer_is_compared_when_pytorch_is_installed(short_run):

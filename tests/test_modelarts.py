@@ -17,6 +17,7 @@ import uuid
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from src.demo_data import write_cifar10_layout, write_image_folder
@@ -194,3 +195,28 @@ def test_a_zip_member_outside_the_destination_is_refused(tmp_path):
     assert not (tmp_path / "escaped.txt").exists() and list(destination.iterdir()) == []
     with pytest.raises(UserError, match=r"need_modelarts_dataset_unzip=True but .*missing\.zip does not exist"):
         unzip_dataset(destination / "missing.zip", destination)
+
+
+def test_predict_py_as_a_startup_file_fetches_its_images_and_checkpoint(trained_cifar, job_id, tmp_path):
+    from PIL import Image
+
+    from src.demo_data import synthetic_images
+
+    obs = tmp_path / "obs"
+    (obs / "bucket" / "images").mkdir(parents=True)
+    for index, image in enumerate(synthetic_images(np.arange(3), 32, np.random.default_rng(6))):
+        Image.fromarray(image).save(obs / "bucket" / "images" / f"image{index}.png")
+    (obs / "bucket" / "ckpt").mkdir()
+    shutil.copy(trained_cifar.checkpoint, obs / "bucket" / "ckpt" / CKPT)
+    cache = tmp_path / "cache"
+    result = run_script("predict.py", *SMALL_CIFAR, "--enable_modelarts=True", "--data_url=obs://bucket/images",
+                        f"--data_path={cache / 'data'}", "--checkpoint_url=obs://bucket/ckpt",
+                        f"--load_path={cache / 'ckpt'}", f"--output_path={cache / 'train'}",
+                        "--need_modelarts_dataset_unzip=False", f"--predict_images={cache / 'data'}",
+                        f"--predict_model={cache / 'ckpt' / CKPT}", "--top_k=2", cwd=tmp_path,
+                        env=modelarts_env(obs, job_id))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "data_url: copying obs://bucket/images -> " in result.stdout
+    for index in range(3):
+        assert re.search(rf"^\S*image{index}\.png: \d \d\.\d{{4}}, \d \d\.\d{{4}}$", result.stdout, re.M), \
+            result.stdout[-2000:]

@@ -79,3 +79,6 @@ def test_the_demo_takes_the_folder_that_holds_cifar_10_batches_bin(cifar_dir, tm
     assert f"CIFAR-10 data: using {cifar_dir}" in result.stdout
     assert re.search(r"^accuracy: \{'acc': [\d.]+\}$", result.stdout, re.M), result.stdout[-2000:]
     assert (out / "googlenet.mindir").is_file() and "demo finished" in result.stdout
+    # The demo ends by naming the curves it drew (matplotlib is part of requirements.txt).
+    curves = out / "ckpt" / "train_googlenet_cifar10-curves.png"
+    assert result.stdout.rstrip().endswith(f"curves: {curves}") and curves.stat().st_size > 0

@@ -4,7 +4,7 @@
 //
 // Why: MindSpore 2.10's CPU convolutions (oneDNN gemm:jit) work image by image, which on the
 // smallest planes of a 32x32 input (4x4 down to 1x1) leaves GEMMs too small to run fast
-// (docs/PERFORMANCE.md, attempt 15). Here every convolution and both of its gradients are one
+// (docs/PERFORMANCE.md, "Changes tried"). Here every convolution and both of its gradients are one
 // blocked GEMM over a batch of images laid out as columns (im2col):
 //   forward        y(OC, N*H*W)  = w(OC, C*K*K) . col(x)(C*K*K, N*H*W)
 //   input grad     dcol(C*K*K, N*H*W) = w^T . dy, added back into dx (col2im); for a 1x1
@@ -710,7 +710,7 @@ int BiasReluForward(int nparam, void **params, int *ndims, int64_t **shapes, con
 // ---- BatchNorm + ReLU in training ----
 // MindSpore's BatchNorm in training (ops.BatchNorm, is_training=True), then ReLU, as one operation;
 // its gradient (BatchNormGrad after ReluGrad) as one more. A network of small planes spends more in
-// launching these four MindSpore operations than in their arithmetic (docs/PERFORMANCE.md, attempt 25).
+// launching these four MindSpore operations than in their arithmetic (docs/PERFORMANCE.md, "Changes tried").
 // Per channel over its M = N*H*W values: the batch mean and biased variance normalise the values;
 // the moving statistics, parameters of the network, are updated in place with weight `momentum` for
 // the batch's mean and unbiased variance, as MindSpore's operation does.

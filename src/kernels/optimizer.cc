@@ -5,7 +5,7 @@
 //   moment = moment * momentum + g'
 //   w = w - lr * moment
 // A GoogleNet step at a 32x32 input spends several milliseconds launching those ~290 operations
-// (docs/PERFORMANCE.md, attempt 26).
+// (docs/PERFORMANCE.md, "Changes tried": the momentum update as one kernel call).
 //
 // MomentumUpdate(settings[2 + P] = {momentum, inverse_loss_scale, decay of each parameter},
 //                lr[1 or P], w_0 .. w_{P-1}, moment_0 .. moment_{P-1}, g_0 .. g_{P-1}) -> done[1]

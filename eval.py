@@ -14,12 +14,12 @@ import mindspore as ms
 from src.CrossEntropySmooth import create_loss
 from src.dataset import create_dataset_from_config
 from src.errors import run_main
-from src.googlenet import create_inference_model
 from src.logger import setup_logging
 from src.metrics import create_eval_metrics, split_image_count
 from src.model_utils.config import load_config
 from src.model_utils.device_adapter import configure_device
 from src.model_utils.moxing_adapter import moxing_wrapper
+from src.models import create_inference_model
 from src.resources import batch_must_fit
 
 

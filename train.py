@@ -19,13 +19,13 @@ from src.curves import draw_after_training
 from src.dataset import create_dataset_from_config
 from src.errors import UserError, run_main
 from src.finetune import freeze_backbone
-from src.googlenet import create_model_from_config
 from src.logger import logger, quiet_unless_main_rank, setup_logging
 from src.lr_scheduler import create_lr_schedule
 from src.metrics import create_eval_metrics
 from src.model_utils.config import load_config
 from src.model_utils.device_adapter import configure_device
 from src.model_utils.moxing_adapter import moxing_wrapper
+from src.models import create_model_from_config
 from src.resources import batch_must_fit
 from src.resume import find_resume_point, restore_training_state, run_files, skip_trained_epochs
 from src.trainer import checkpoint_prefix, create_train_model

@@ -18,7 +18,7 @@ import numpy as np
 
 from src.dataset import eval_transforms
 from src.errors import UserError
-from src.googlenet import create_inference_model
+from src.models import create_inference_model
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 

@@ -7,11 +7,9 @@ import mindspore.nn as nn
 import numpy as np
 from mindspore.train import DynamicLossScaleManager, FixedLossScaleManager
 
-from src.compiled_kernels import compiled_kernels_apply, kernel_library
+from src.cpu_kernels import create_momentum
 from src.CrossEntropySmooth import create_loss
 from src.finetune import is_head_parameter
-from src.logger import logger
-from src.optimizer import CompiledMomentum, create_momentum
 
 
 def checkpoint_prefix(dataset_name: str) -> str:
@@ -40,26 +38,16 @@ def _parameter_groups(config, net: nn.Cell, learning_rate: np.ndarray) -> list[d
     return result + [{"order_params": net.trainable_params()}]
 
 
-def compiled_optimizer_wanted(config) -> bool:
-    """The config's ``compiled_optimizer`` where it applies: on CPU, in float32 (amp_level O0)."""
-    return bool(config.compiled_optimizer) and compiled_kernels_apply(config)
-
-
 def create_optimizer(config, net: nn.Cell, learning_rate: np.ndarray) -> nn.Optimizer:
     """Momentum SGD with per-step learning rates; BN and bias parameters undecayed when asked, the
-    backbone at ``backbone_lr_scale`` times the classifier's learning rate; the update as one call of
-    the compiled kernel when the config's ``compiled_optimizer`` applies (src/optimizer.py)."""
+    backbone at ``backbone_lr_scale`` times the classifier's learning rate; the optimizer itself comes
+    from the CPU layer (one kernel call per step where the config allows it)."""
     loss_scale = 1.0 if config.is_dynamic_loss_scale else config.loss_scale
-    compiled = compiled_optimizer_wanted(config)
     if config.no_decay_bn_bias or config.backbone_lr_scale != 1.0:
-        optimizer = create_momentum(_parameter_groups(config, net, learning_rate), ms.Tensor(learning_rate),
-                                    config.momentum, loss_scale=loss_scale, compiled=compiled)
-    else:
-        optimizer = create_momentum(net.trainable_params(), ms.Tensor(learning_rate), config.momentum,
-                                    weight_decay=config.weight_decay, loss_scale=loss_scale, compiled=compiled)
-    if isinstance(optimizer, CompiledMomentum):
-        logger.info("optimizer: compiled CPU kernel %s", kernel_library("optimizer"))
-    return optimizer
+        return create_momentum(config, _parameter_groups(config, net, learning_rate), ms.Tensor(learning_rate),
+                               loss_scale=loss_scale)
+    return create_momentum(config, net.trainable_params(), ms.Tensor(learning_rate),
+                           weight_decay=config.weight_decay, loss_scale=loss_scale)
 
 
 def create_loss_scale_manager(config):

@@ -41,9 +41,9 @@ def run_script(script: str, *args: str, cwd: Path, timeout: float = 900, env: di
 
 
 def build_kernel(name: str, cache: Path) -> Path:
-    """src/kernels/<name>.cc built from source into the empty ``cache``, as a first run on a new machine
+    """src/cpu_kernels/kernels/<name>.cc built from source into the empty ``cache``, as a first run on a new machine
     builds it. Skips the test without a C++ compiler, unless REQUIRE_INFER_DEPS=1 (then it fails)."""
-    from src import compiled_kernels
+    from src.cpu_kernels import build as compiled_kernels
 
     if shutil.which(os.environ.get("CXX", "g++")) is None:
         reason = f"no C++ compiler (g++ or $CXX): the compiled {name} kernel cannot be built"
@@ -63,7 +63,7 @@ def build_kernel(name: str, cache: Path) -> Path:
 def kernel_cache(library, monkeypatch):
     """The test module's ``library`` fixture (a kernel built once per module) is what the factories
     find: its cache folder in ``$GOOGLENET_KERNEL_CACHE``, the lookup cache cleared before and after."""
-    from src import compiled_kernels
+    from src.cpu_kernels import build as compiled_kernels
 
     monkeypatch.setenv("GOOGLENET_KERNEL_CACHE", str(library.parent))
     compiled_kernels.kernel_library.cache_clear()
@@ -74,7 +74,7 @@ def kernel_cache(library, monkeypatch):
 def create_with_compiler(create, compiler: str, cache: Path, monkeypatch, caplog):
     """``create()`` (a factory asked for a compiled kernel) with ``$CXX`` and the kernel cache set,
     nothing built before; its warnings land in ``caplog``."""
-    from src import compiled_kernels
+    from src.cpu_kernels import build as compiled_kernels
 
     monkeypatch.setenv("CXX", compiler)
     monkeypatch.setenv("GOOGLENET_KERNEL_CACHE", str(cache))
@@ -84,6 +84,28 @@ def create_with_compiler(create, compiler: str, cache: Path, monkeypatch, caplog
             return create()
     finally:
         compiled_kernels.kernel_library.cache_clear()
+
+
+def kernel_model(num_classes: int, max_pool: bool = False, conv: bool = False, **kwargs):
+    """``create_model(num_classes, **kwargs)`` with the CPU layer's kernel forms of the max pools and/or
+    the convolution blocks put in (where the kernels build)."""
+    from src.cpu_kernels.blocks import substitute_kernels
+    from src.googlenet import create_model
+
+    net = create_model(num_classes, **kwargs)
+    substitute_kernels(net, max_pool=max_pool, conv=conv)
+    return net
+
+
+def kernel_block(*args):
+    """``Conv2dBlock(*args)`` in its kernel form (KernelConv2dBlock), the conv kernel built."""
+    from src.cpu_kernels.blocks import KernelConv2dBlock
+    from src.cpu_kernels.build import kernel_library
+    from src.googlenet import Conv2dBlock
+
+    library = kernel_library("conv")
+    assert library is not None
+    return KernelConv2dBlock(Conv2dBlock(*args), library, library)
 
 
 def assert_user_error(result: subprocess.CompletedProcess, code: int, *fragments: str) -> None:

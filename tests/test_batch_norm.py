@@ -1,19 +1,19 @@
-"""BatchNorm + ReLU in training on the compiled kernel (src/batch_norm.py, src/kernels/conv.cc), alone
-and fused with the convolution before it, against MindSpore's BatchNorm and ReLU."""
+"""BatchNorm + ReLU in training on the compiled kernel (src/cpu_kernels/batch_norm.py,
+src/cpu_kernels/kernels/conv.cc), alone and fused with the convolution before it, against MindSpore's
+BatchNorm and ReLU."""
 
 from __future__ import annotations
-
-import functools
 
 import mindspore as ms
 import numpy as np
 import pytest
 from mindspore import nn
 
-from src.batch_norm import BatchNormReLU2d, create_batch_norm_relu
-from src.conv import CompiledConv2d, create_conv
-from src.googlenet import Conv2dBlock, create_model
-from tests.conftest import build_kernel
+from src.cpu_kernels.batch_norm import BatchNormReLU2d
+from src.cpu_kernels.blocks import KernelConv2dBlock
+from src.cpu_kernels.conv import CompiledConv2d
+from src.googlenet import Conv2dBlock
+from tests.conftest import build_kernel, kernel_block, kernel_model
 from tests.gradients import Gradients
 
 
@@ -100,9 +100,8 @@ def test_a_fused_convolution_block_equals_mindspores(library, kernel_cache, shap
     batch, in_channels, out_channels, kernel, plane = shape
     rng = np.random.default_rng(2)
     stock = Conv2dBlock(in_channels, out_channels, kernel)
-    compiled = Conv2dBlock(in_channels, out_channels, kernel, conv=functools.partial(create_conv, compiled=True),
-                           norm=functools.partial(create_batch_norm_relu, compiled=True))
-    assert isinstance(compiled.conv, CompiledConv2d) and compiled.fused is not None and stock.fused is None
+    compiled = kernel_block(in_channels, out_channels, kernel)
+    assert isinstance(compiled.conv, CompiledConv2d) and compiled.fused is not None
     compiled.conv.weight.set_data(stock.conv.weight.data.copy())
     _same_statistics([stock.bn, compiled.bn], out_channels, rng)
     x = rng.standard_normal((batch, in_channels, plane, plane)).astype(np.float32)
@@ -113,12 +112,12 @@ def test_a_fused_convolution_block_equals_mindspores(library, kernel_cache, shap
 def test_which_blocks_use_it(kernel_cache):
     """With compiled_conv every BatchNorm trains on the kernel; the stride-1 convolutions (not conv1)
     also fuse with it (where their plane is on the kernel); without it, none."""
-    compiled, stock = create_model(10, compiled_conv=True), create_model(10, compiled_conv=False)
-    blocks = [cell for _, cell in compiled.cells_and_names() if isinstance(cell, Conv2dBlock)]
+    compiled, stock = kernel_model(10, conv=True), kernel_model(10, conv=False)
+    blocks = [cell for _, cell in compiled.cells_and_names() if isinstance(cell, KernelConv2dBlock)]
     assert len(blocks) == 57 and all(block.bn.fused is not None for block in blocks)
     assert [block.fused is None for block in blocks].count(True) == 1 and compiled.conv1.fused is None
     plain = [cell for _, cell in stock.cells_and_names() if isinstance(cell, Conv2dBlock)]
-    assert all(block.fused is None and block.bn.fused is None for block in plain)
+    assert len(plain) == 57 and not any(isinstance(cell, KernelConv2dBlock) for _, cell in stock.cells_and_names())
 
 
 def test_moving_statistics_in_training_when_asked(library, kernel_cache):
@@ -129,8 +128,7 @@ def test_moving_statistics_in_training_when_asked(library, kernel_cache):
     x = rng.standard_normal((8, 16, 2, 2)).astype(np.float32)
     for use_batch_statistics, training in [(False, True), (True, False)]:
         stock = Conv2dBlock(16, 12, 3)
-        compiled = Conv2dBlock(16, 12, 3, conv=functools.partial(create_conv, compiled=True),
-                               norm=functools.partial(create_batch_norm_relu, compiled=True))
+        compiled = kernel_block(16, 12, 3)
         compiled.conv.weight.set_data(stock.conv.weight.data.copy())
         _same_statistics([stock.bn, compiled.bn], 12, rng)
         for block in (stock, compiled):

@@ -1,4 +1,4 @@
-"""The compiled CPU convolution kernel (src/kernels/conv.cc) against MindSpore's own Conv2D."""
+"""The compiled CPU convolution kernel (src/cpu_kernels/kernels/conv.cc) against MindSpore's own Conv2D."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from mindspore import nn, ops
 
-from src import conv
 from src.checkpoint import load_weights
+from src.cpu_kernels import conv
 from src.errors import UserError
-from src.googlenet import create_model, create_model_from_config
 from src.model_utils.config import load_config
+from src.models import create_model_from_config
 from src.trainer import create_train_model
 from tests.conftest import (
     CPU_CONFIG,
@@ -23,6 +23,7 @@ from tests.conftest import (
     assert_user_error,
     build_kernel,
     create_with_compiler,
+    kernel_model,
     run_script,
     script_env,
 )
@@ -106,7 +107,7 @@ def test_one_kernel_thread_gives_the_same_values(library, tmp_path):
     """GOOGLENET_KERNEL_THREADS=1: no worker threads at all (a fresh process reads it once)."""
     program = (
         "import sys; import numpy as np, mindspore as ms; from mindspore import nn\n"
-        "from src.conv import CompiledConv2d\n"
+        "from src.cpu_kernels.conv import CompiledConv2d\n"
         "from pathlib import Path\n"
         "stock = nn.Conv2d(32, 64, 3, pad_mode='same', has_bias=False)\n"
         "compiled = CompiledConv2d(32, 64, 3, Path(sys.argv[1]), max_kernel_plane=10**9)\n"
@@ -134,7 +135,7 @@ def test_a_training_step_of_the_network_matches(kernel_cache):
     results = []
     for compiled in (False, True):
         ms.set_seed(1)
-        net = create_model(10, dropout_rate=0.0, compiled_conv=compiled)
+        net = kernel_model(10, dropout_rate=0.0, conv=compiled)
         assert isinstance(net.block5b.b2[1].conv, conv.CompiledConv2d) == compiled
         before = {p.name: p.asnumpy().copy() for p in net.trainable_params()}
         step = create_train_model(config, net, np.full(10, 0.1, np.float32))._train_network
@@ -154,8 +155,8 @@ def test_a_training_step_of_the_network_matches(kernel_cache):
 
 def test_checkpoints_move_between_the_two(kernel_cache, tmp_path):
     """Same parameter names and shapes: a checkpoint of one network loads into the other."""
-    stock = create_model(10, compiled_conv=False)
-    compiled = create_model(10, compiled_conv=True)
+    stock = kernel_model(10, conv=False)
+    compiled = kernel_model(10, conv=True)
     assert [(p.name, p.shape) for p in stock.get_parameters()] == [(p.name, p.shape) for p in compiled.get_parameters()]
     path = tmp_path / "stock.ckpt"
     ms.save_checkpoint(stock, str(path))

@@ -1,19 +1,19 @@
-"""BatchNorm folded into the convolutions for inference (src/googlenet.py fold_batchnorm, the
-ConvBiasReluForward entry of src/kernels/conv.cc): the same function as the unfolded network."""
+"""BatchNorm folded into the convolutions for inference (src/cpu_kernels/blocks.py fold_batchnorm, the
+ConvBiasReluForward entry of src/cpu_kernels/kernels/conv.cc): the same function as the unfolded network."""
 
 from __future__ import annotations
-
-import functools
 
 import mindspore as ms
 import numpy as np
 import pytest
 from mindspore import nn
 
-from src import conv
-from src.googlenet import Conv2dBlock, create_inference_model, create_model, fold_batchnorm
+from src.cpu_kernels import conv
+from src.cpu_kernels.blocks import KernelConv2dBlock, fold_batchnorm, folded_block
+from src.googlenet import Conv2dBlock, create_model
 from src.model_utils.config import load_config
-from tests.conftest import CPU_CONFIG, build_kernel
+from src.models import create_inference_model
+from tests.conftest import CPU_CONFIG, build_kernel, kernel_block, kernel_model
 
 
 @pytest.fixture(scope="module")
@@ -55,12 +55,11 @@ BLOCK_SHAPES = [(32, 48, 40, 3, 1, 1, 1), (4, 24, 36, 3, 4, 4, 1), (1, 8, 12, 1,
 def test_a_folded_block_computes_what_the_block_computes(kernel_cache, compiled, shape):
     ms.set_context(mode=ms.GRAPH_MODE)
     batch, in_channels, out_channels, kernel, height, width, stride = shape
-    block = Conv2dBlock(in_channels, out_channels, kernel, stride,
-                        conv=functools.partial(conv.create_conv, compiled=compiled))
+    block = (kernel_block if compiled else Conv2dBlock)(in_channels, out_channels, kernel, stride)
     assert isinstance(block.conv, conv.CompiledConv2d) == compiled
     _trained_statistics(block, seed=sum(shape))
     block.set_train(False)
-    folded = block.folded()
+    folded = folded_block(block)
     folded.set_train(False)
     assert (folded.fused is not None) == compiled
     on_kernel = compiled and (stride == 2 or height * width <= conv.MAX_FOLDED_KERNEL_PLANE)
@@ -76,14 +75,13 @@ def test_filters_packed_once_stay_with_their_cell(kernel_cache):
     (dense 1x1 and 2x2 maps, im2col on 4x4): each call computes its own block's function, the
     first call on each plane and every one after it."""
     ms.set_context(mode=ms.GRAPH_MODE)
-    compiled = functools.partial(conv.create_conv, compiled=True)
     blocks, folded = [], []
     for seed in (5, 6):
-        block = Conv2dBlock(16, 24, 3, conv=compiled)
+        block = kernel_block(16, 24, 3)
         _trained_statistics(block, seed=seed)
         block.set_train(False)
         blocks.append(block)
-        folded.append(block.folded())
+        folded.append(folded_block(block))
         folded[-1].set_train(False)
     assert folded[0].filter_token.asnumpy()[0] != folded[1].filter_token.asnumpy()[0]
     rng = np.random.default_rng(7)
@@ -99,7 +97,7 @@ def test_the_folded_network_equals_the_network(kernel_cache, compiled, tmp_path)
     """32x32 input, a checkpoint with trained-looking BatchNorm statistics, loaded as eval.py loads it:
     the feature map before the classifier is the same with and without folding."""
     ms.set_context(mode=ms.GRAPH_MODE)
-    source = create_model(10, compiled_conv=compiled)
+    source = kernel_model(10, conv=compiled)
     _trained_statistics(source, seed=3)
     checkpoint = tmp_path / "net.ckpt"
     ms.save_checkpoint(source, str(checkpoint))
@@ -109,7 +107,7 @@ def test_the_folded_network_equals_the_network(kernel_cache, compiled, tmp_path)
     plain.include_top = folded.include_top = False
 
     cells = [cell for _, cell in folded.cells_and_names()]
-    assert not any(isinstance(cell, (Conv2dBlock, nn.BatchNorm2d)) for cell in cells)
+    assert not any(isinstance(cell, (Conv2dBlock, KernelConv2dBlock, nn.BatchNorm2d)) for cell in cells)
     folded_blocks = [cell for cell in cells if isinstance(cell, conv.ConvBiasReLU)]
     assert len(folded_blocks) == 57
     assert sum(cell.fused is not None for cell in folded_blocks) == (57 if compiled else 0)
@@ -135,7 +133,7 @@ def test_the_config_decides_and_the_log_says_so(kernel_cache, caplog):
     config = load_config([f"--config_path={CPU_CONFIG}", "--fold_batchnorm=False"])
     with caplog.at_level("INFO", logger="googlenet"):
         net = create_inference_model(config, None)
-    assert isinstance(net.conv2, Conv2dBlock) and not net.training
+    assert isinstance(net.conv2, KernelConv2dBlock) and not net.training
     assert "BatchNorm folded" not in caplog.text
 
 

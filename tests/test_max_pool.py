@@ -1,4 +1,4 @@
-"""The compiled CPU max-pool kernel (src/kernels/max_pool.cc) against MindSpore's own MaxPool."""
+"""The compiled CPU max-pool kernel (src/cpu_kernels/kernels/max_pool.cc) against MindSpore's own MaxPool."""
 
 from __future__ import annotations
 
@@ -7,11 +7,10 @@ import numpy as np
 import pytest
 from mindspore import nn, ops
 
-from src import max_pool
-from src.googlenet import create_model
+from src.cpu_kernels import max_pool
 from src.model_utils.config import load_config
 from src.trainer import create_train_model
-from tests.conftest import CPU_CONFIG, build_kernel, create_with_compiler
+from tests.conftest import CPU_CONFIG, build_kernel, create_with_compiler, kernel_model
 
 
 @pytest.fixture(params=[ms.GRAPH_MODE, ms.PYNATIVE_MODE], ids=["graph", "pynative"])
@@ -95,7 +94,7 @@ def test_a_training_step_of_the_network_is_unchanged(kernel_cache):
     results = []
     for compiled in (False, True):
         ms.set_seed(1)
-        net = create_model(10, dropout_rate=0.0, compiled_max_pool=compiled)
+        net = kernel_model(10, dropout_rate=0.0, max_pool=compiled)
         assert isinstance(net.maxpool1, max_pool.CompiledMaxPool2d) == compiled
         before = {p.name: p.asnumpy().copy() for p in net.trainable_params()}
         step = create_train_model(config, net, np.full(10, 0.1, np.float32))._train_network

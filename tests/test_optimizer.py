@@ -1,5 +1,6 @@
-"""The momentum update on the compiled kernel (src/optimizer.py, src/kernels/optimizer.cc) against
-MindSpore's nn.Momentum, through the optimizer train.py builds (create_optimizer)."""
+"""The momentum update on the compiled kernel (src/cpu_kernels/optimizer.py,
+src/cpu_kernels/kernels/optimizer.cc) against MindSpore's nn.Momentum, through the optimizer train.py
+builds (create_optimizer)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import pytest
 from mindspore import nn
 
 from src import trainer
+from src.cpu_kernels.optimizer import CompiledMomentum, create_momentum
 from src.model_utils.config import load_config
-from src.optimizer import CompiledMomentum, create_momentum
 from tests.conftest import CPU_CONFIG, build_kernel, create_with_compiler
 
 

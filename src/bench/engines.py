@@ -63,8 +63,8 @@ class MindSporeEngine:
 
     def prepare(self, case: Case) -> None:
         ms = self.ms
-        from src.googlenet import create_inference_model, create_model_from_config
         from src.lr_scheduler import create_lr_schedule
+        from src.models import create_inference_model, create_model_from_config
         from src.trainer import create_train_model
 
         task, size = case

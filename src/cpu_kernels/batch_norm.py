@@ -4,7 +4,7 @@ At a 32x32 input GoogleNet's 57 BatchNorms run on planes of 1 to 256 values: Min
 BatchNorm, ReLU and their two gradients cost far more to launch than their arithmetic
 (docs/PERFORMANCE.md, "Changes tried"). ``BatchNormReLU2d`` is ``nn.BatchNorm2d`` (same parameters, same
 names, so checkpoints move freely) followed by ReLU; in training, on the kernel, the pair is one
-operation and its gradient one more (src/kernels/conv.cc, ``BatchNormReluTrain``): batch statistics
+operation and its gradient one more (src/cpu_kernels/kernels/conv.cc, ``BatchNormReluTrain``): batch statistics
 normalise, and the moving statistics are updated in place, with MindSpore's rule (weight
 1 - momentum for the batch's mean and unbiased variance). Outputs and gradients equal MindSpore's up
 to float32 rounding. In evaluation, and without the kernel, it is MindSpore's BatchNorm and ReLU.
@@ -20,8 +20,8 @@ import numpy as np
 from mindspore import Tensor
 from mindspore import dtype as mstype
 
-from src.compiled_kernels import kernel_library
-from src.conv import CompiledConv2d
+from src.cpu_kernels.build import kernel_library
+from src.cpu_kernels.conv import CompiledConv2d
 
 
 class BatchNormReLU2d(nn.BatchNorm2d):

@@ -1,4 +1,4 @@
-"""Building the C++ CPU kernels of src/kernels/ (loaded through ``ops.Custom(func_type="aot")``).
+"""Building the C++ CPU kernels of src/cpu_kernels/kernels/ (loaded through ``ops.Custom(func_type="aot")``).
 
 Each kernel is compiled with the system C++ compiler (g++ or ``$CXX``) on first use, once per
 source version and machine, into ``$GOOGLENET_KERNEL_CACHE`` (default ``~/.cache/googlenet_kernels``).
@@ -38,7 +38,7 @@ def _machine_id() -> str:
 
 @functools.cache
 def kernel_library(name: str) -> Path | None:
-    """Path of the compiled library of src/kernels/<name>.cc, building it if needed; None when it
+    """Path of the compiled library of src/cpu_kernels/kernels/<name>.cc, building it if needed; None when it
     cannot be built (the warning names what MindSpore operators are used instead)."""
     source_path = KERNEL_DIR / f"{name}.cc"
     compiler = shutil.which(os.environ.get("CXX", "g++"))
@@ -67,6 +67,6 @@ def kernel_library(name: str) -> Path | None:
     return library
 
 
-def compiled_kernels_apply(config) -> bool:
+def kernels_apply(config) -> bool:
     """Whether the compiled kernels can apply at all: on CPU, in float32 (amp_level O0)."""
     return config.device_target == "CPU" and config.amp_level == "O0"

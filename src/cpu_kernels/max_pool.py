@@ -1,4 +1,4 @@
-"""Max pooling ('same' padding) with the compiled CPU kernel of src/kernels/max_pool.cc.
+"""Max pooling ('same' padding) with the compiled CPU kernel of src/cpu_kernels/kernels/max_pool.cc.
 
 MindSpore 2.10's CPU MaxPoolGrad re-runs the pooling forward and then oneDNN's plain-layout
 reference backward: a third of GoogleNet's training step on CPU (docs/PERFORMANCE.md). The kernel
@@ -8,7 +8,7 @@ the gradient reaches the same inputs (same first-maximum rule for ties); where o
 send one input several contributions, their float32 sum may differ in the last bits, since the
 order of summation differs. No parameters: checkpoints move freely between the two.
 
-The library is built on first use by src/compiled_kernels.py. ``create_max_pool`` falls back to
+The library is built on first use by src/cpu_kernels/build.py. ``create_max_pool`` falls back to
 ``nn.MaxPool2d`` where that is not possible (no compiler, a device other than CPU); exported models
 always use ``nn.MaxPool2d``.
 """
@@ -23,7 +23,7 @@ import mindspore.ops as ops
 from mindspore import Tensor
 from mindspore import dtype as mstype
 
-from src.compiled_kernels import compiled_kernels_apply, kernel_library
+from src.cpu_kernels.build import kernel_library, kernels_apply
 
 KERNEL_SHAPES = {(3, 1), (3, 2), (2, 2)}  # (kernel, stride) pairs the library exports
 
@@ -61,7 +61,7 @@ class CompiledMaxPool2d(nn.Cell):
 
 def compiled_max_pool_wanted(config) -> bool:
     """The config's ``compiled_max_pool`` where it applies: on CPU, in float32 (amp_level O0)."""
-    return bool(config.compiled_max_pool) and compiled_kernels_apply(config)
+    return bool(config.compiled_max_pool) and kernels_apply(config)
 
 
 def create_max_pool(kernel_size: int, stride: int, compiled: bool = False) -> nn.Cell:

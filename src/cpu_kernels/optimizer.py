@@ -1,4 +1,4 @@
-"""Momentum SGD with the whole update in one call of a compiled CPU kernel (src/kernels/optimizer.cc).
+"""Momentum SGD with the whole update in one call of a compiled CPU kernel (kernels/optimizer.cc).
 
 ``nn.Momentum`` updates each parameter with its own operations: weight decay (Mul, AddN), loss
 scaling (Mul) and ApplyMomentum, about 290 operations for GoogleNet, whose launches cost more than
@@ -18,7 +18,7 @@ import numpy as np
 from mindspore import Tensor
 from mindspore import dtype as mstype
 
-from src.compiled_kernels import kernel_library
+from src.cpu_kernels.build import kernel_library, kernels_apply
 
 
 class CompiledMomentum(nn.Momentum):
@@ -29,6 +29,7 @@ class CompiledMomentum(nn.Momentum):
     def __init__(self, params, learning_rate, momentum: float, library: Path, weight_decay: float = 0.0,
                  loss_scale: float = 1.0) -> None:
         super().__init__(params, learning_rate, momentum, weight_decay=weight_decay, loss_scale=loss_scale)
+        self.library = library
         if self.dynamic_weight_decay or self.is_group and any(self.grad_centralization_flags):
             raise ValueError("CompiledMomentum: fixed weight decay and no gradient centralisation only")
         count = len(self._parameters)
@@ -52,6 +53,11 @@ class CompiledMomentum(nn.Momentum):
         self.assignadd(self.global_step, self.global_step_increase_tensor)
         lr = self.stack(lr) if self.is_group_lr else lr.reshape((1,))
         return self.update(self.update_settings, lr, *self._parameters, *self.moments, *gradients)
+
+
+def compiled_optimizer_wanted(config) -> bool:
+    """The config's ``compiled_optimizer`` where it applies: on CPU, in float32 (amp_level O0)."""
+    return bool(config.compiled_optimizer) and kernels_apply(config)
 
 
 def create_momentum(params, learning_rate, momentum: float, weight_decay: float = 0.0, loss_scale: float = 1.0,

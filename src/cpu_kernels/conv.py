@@ -1,4 +1,4 @@
-"""Convolution (odd kernel, 'same' padding) with the compiled CPU kernel of src/kernels/conv.cc.
+"""Convolution (odd kernel, 'same' padding) with the compiled CPU kernel of src/cpu_kernels/kernels/conv.cc.
 
 MindSpore 2.10's CPU convolutions (oneDNN) work image by image; on the smallest planes of a 32x32
 input (4x4 down to 1x1) that leaves the arithmetic in GEMMs too small to run fast. The kernel
@@ -11,7 +11,7 @@ equal MindSpore's up to float32 rounding (the sums run in another order). Stride
 have no gradient in the kernel: their ``CompiledConv2d`` is MindSpore's Conv2D, and the kernel runs only
 their folded inference form, ``ConvBiasReLU``.
 
-The library is built on first use by src/compiled_kernels.py. ``create_conv`` falls back to
+The library is built on first use by src/cpu_kernels/build.py. ``create_conv`` falls back to
 ``nn.Conv2d`` where that is not possible (no compiler) and for what the kernel does not cover
 (even kernels, strides above 2); exported models always use ``nn.Conv2d``. The kernel's worker threads:
 one per core the process may use, or ``$GOOGLENET_KERNEL_THREADS``.
@@ -30,7 +30,7 @@ import numpy as np
 from mindspore import Parameter, Tensor
 from mindspore.common.initializer import TruncatedNormal
 
-from src.compiled_kernels import compiled_kernels_apply, kernel_library
+from src.cpu_kernels.build import kernel_library, kernels_apply
 from src.errors import UserError
 
 THREADS_VARIABLE = "GOOGLENET_KERNEL_THREADS"
@@ -46,7 +46,7 @@ MAX_KERNEL_PLANE = 16
 MAX_FOLDED_KERNEL_PLANE = 64
 
 # Names each folded filter for the kernel, which packs a filter on its first call and keeps it by
-# that name (src/kernels/conv.cc, PackedOnce): never reused within a process.
+# that name (src/cpu_kernels/kernels/conv.cc, PackedOnce): never reused within a process.
 _filter_tokens = itertools.count(1)
 
 
@@ -143,7 +143,7 @@ class ConvBiasReLU(nn.Cell):
 
 def compiled_conv_wanted(config) -> bool:
     """The config's ``compiled_conv`` where it applies: on CPU, in float32 (amp_level O0)."""
-    return bool(config.compiled_conv) and compiled_kernels_apply(config)
+    return bool(config.compiled_conv) and kernels_apply(config)
 
 
 def check_kernel_threads() -> None:

@@ -1,0 +1,49 @@
+"""The CPU layer: compiled C++ kernels for the operations MindSpore 2.10 runs slowly on a CPU.
+
+Applied to a network built from plain MindSpore cells (src/googlenet.py), never part of it:
+
+- ``accelerate(net, config)`` substitutes, after construction, the kernel forms of the max pools and
+  the convolution blocks (convolution + BatchNorm + ReLU), with the same parameters under the same
+  names, where the config allows them (CPU, float32, the ``compiled_*`` keys) and the kernels build;
+- ``fold_batchnorm(net)`` folds BatchNorm into the convolutions for inference;
+- ``create_momentum(config, ...)`` is the optimizer the trainer asks for: the momentum update as one
+  kernel call, or ``nn.Momentum``.
+
+Without a C++ compiler every part falls back to MindSpore's operators after one warning, with the
+same results. The kernels' sources are in ``kernels/``; ``build.py`` compiles them on first use.
+"""
+
+from __future__ import annotations
+
+import mindspore.nn as nn
+
+from src.cpu_kernels.blocks import fold_batchnorm, substitute_kernels
+from src.cpu_kernels.build import kernels_apply
+from src.cpu_kernels.conv import compiled_conv_wanted
+from src.cpu_kernels.max_pool import compiled_max_pool_wanted
+from src.cpu_kernels.optimizer import CompiledMomentum, compiled_optimizer_wanted
+from src.cpu_kernels.optimizer import create_momentum as _create_momentum
+from src.logger import logger
+
+__all__ = ["accelerate", "create_momentum", "fold_batchnorm", "kernels_apply"]
+
+_LOG_LINES = {"max_pool": "max pooling: compiled CPU kernel %s",
+              "conv": "stride-1 convolutions: compiled CPU kernel %s"}
+
+
+def accelerate(net: nn.Cell, config) -> nn.Cell:
+    """``net`` with the kernel forms the config asks for and this machine allows (logged); returns ``net``."""
+    libraries = substitute_kernels(net, max_pool=compiled_max_pool_wanted(config), conv=compiled_conv_wanted(config))
+    for name, library in libraries.items():
+        logger.info(_LOG_LINES[name], library)
+    return net
+
+
+def create_momentum(config, params, learning_rate, weight_decay: float = 0.0, loss_scale: float = 1.0) -> nn.Momentum:
+    """Momentum SGD with ``config.momentum``: one kernel call per step when ``compiled_optimizer``
+    applies (the same arithmetic and state as ``nn.Momentum``), else ``nn.Momentum``."""
+    optimizer = _create_momentum(params, learning_rate, config.momentum, weight_decay=weight_decay,
+                                 loss_scale=loss_scale, compiled=compiled_optimizer_wanted(config))
+    if isinstance(optimizer, CompiledMomentum):
+        logger.info("optimizer: compiled CPU kernel %s", optimizer.library)
+    return optimizer

@@ -1,0 +1,30 @@
+"""The network as the entry scripts build it from a config: src/googlenet.py's cells, then the CPU
+layer (src/cpu_kernels) where the config and the machine allow it."""
+
+from __future__ import annotations
+
+from src.checkpoint import load_weights
+from src.cpu_kernels import accelerate, fold_batchnorm
+from src.googlenet import GoogleNet, create_model
+from src.logger import logger
+
+
+def create_model_from_config(config) -> GoogleNet:
+    """The network train.py trains (and eval.py / predict.py start from). export.py uses ``create_model``
+    alone: MindSpore's own operators, so that the exported graph runs anywhere."""
+    net = create_model(config.num_classes, dropout_rate=config.dropout_rate, seed=config.seed)
+    return accelerate(net, config)
+
+
+def create_inference_model(config, checkpoint_path: str | None) -> GoogleNet:
+    """The network eval.py, predict.py and the benchmark's inference run: built from the config,
+    weights from ``checkpoint_path`` (None: as initialised), BatchNorm folded if the config says so,
+    in evaluation mode."""
+    net = create_model_from_config(config)
+    if checkpoint_path is not None:
+        load_weights(net, checkpoint_path)
+    if config.fold_batchnorm:
+        fold_batchnorm(net)
+        logger.info("inference: BatchNorm folded into the convolutions")
+    net.set_train(False)
+    return net

@@ -40,6 +40,8 @@ def test_every_path_of_the_layout_exists():
     block = re.search(r"```\n(.*?)```", _section("Layout"), re.S).group(1)
     named = []
     for line in block.splitlines():
+        if line.startswith(" "):
+            continue  # a description's continuation line
         head = re.split(r"\s{3,}", line.strip(), maxsplit=1)[0]
         named += [word for word in head.split() if "." in word or word.endswith("/")]
     assert len(named) >= 30

@@ -1,17 +1,21 @@
 """Side-by-side speed of our GoogleNet: training and inference images/s, the input pipelines, and
-(when PyTorch is installed) the same network in PyTorch, measured in one run.
+the peers a CPU user would pick, measured in one run: the same network in PyTorch eager (NCHW), with
+``channels_last`` and with ``torch.compile`` (when PyTorch is installed), and our ONNX export on
+OpenVINO (inference, when OpenVINO is installed).
 
     python benchmark.py                                   # 224 and 32 input, batch 32, table + JSON
-    python benchmark.py --engine mindspore --engine "mindspore jit_level=O1" --engine torch
-    python benchmark.py --short                           # seconds-long smoke run (CI)
+    python benchmark.py --engine mindspore --engine "torch layout=channels_last" --engine openvino
+    python benchmark.py --short                           # seconds-long smoke run (CI; no torch.compile)
 
 Every engine has a worker process per input size, and only one process works at a time. After
 compiling and warming up, the engines take turns case by case for ``--rounds`` rounds (the order
 alternates each round), each turn timing ``--steps`` steps (a pipeline: at least 16 batches, after
 emptying its prefetch queues) after ``--turn_warmup`` untimed ones (training and inference steps
 only: an engine's first step after idling while the others worked is slow); a round's images/s is
-batch x steps / seconds, and the table shows the median over rounds with the ratio to the PyTorch
-peer.
+batch x steps / seconds, and the table shows the median over rounds, the ratio to the fastest peer
+of that row, and the arithmetic rate: GFLOP/s (forward FLOPs per image x3 for a training step) and
+its share of this machine's fp32 peak, taken as the rate of a float32 GEMM (numpy, 2048^3, all cores,
+best of 3) measured at the start.
 """
 
 from __future__ import annotations
@@ -34,14 +38,14 @@ from src.errors import ConfigError, UserError, run_main
 
 REPO = Path(__file__).resolve().parent
 DEFAULT_CONFIG = REPO / "cifar10_config_cpu.yaml"
-PEER = "torch"
+PEER_KINDS = ("torch", "openvino")
 # ImageNet JPEGs average about 500x375 pixels; square images of the same area decode alike.
 IMAGENET_LIKE_SIZE = 432
 
 
 @dataclass
 class Engine:
-    """One worker process: ``kind`` in {mindspore, torch, pipeline} with its options."""
+    """One worker process: ``kind`` in {mindspore, torch, openvino, pipeline} with its options."""
 
     label: str
     kind: str
@@ -62,16 +66,33 @@ class Engine:
 def parse_engine(spec: str, config: Path) -> Engine:
     """``"mindspore threads=2 jit_level=O1"`` -> Engine(kind mindspore, options {...})."""
     kind, *pairs = spec.split()
-    if kind not in ("mindspore", PEER):
-        raise ConfigError(f"--engine '{spec}': unknown engine '{kind}'; expected mindspore or {PEER}")
-    # The oneDNN ISA cap works around MindSpore's kernel choice; the peer runs as PyTorch ships unless isa= is given.
-    options = {"config": str(config)} if kind == "mindspore" else {"isa": "default"}
+    if kind not in ("mindspore", *PEER_KINDS):
+        raise ConfigError(f"--engine '{spec}': unknown engine '{kind}'; expected mindspore, torch or openvino")
+    # The oneDNN ISA cap works around MindSpore's kernel choice; the peers run as they ship unless isa= is given.
+    options = {"config": str(config)} if kind != "torch" else {}
+    if kind != "mindspore":
+        options["isa"] = "default"
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ConfigError(f"--engine '{spec}': option '{pair}' is not key=value")
         options[key] = value
     return Engine(label=spec, kind=kind, options=options)
+
+
+def runs(kind: str, task: str) -> bool:
+    """train.py is MindSpore's own loop; OpenVINO only infers."""
+    return {"mindspore": True, "torch": task != TRAIN_PY_TASK, "openvino": task == "infer"}[kind]
+
+
+def default_engines(short: bool) -> list[str]:
+    """Ours, and every peer that is installed (torch.compile left out of the short run: it compiles for minutes)."""
+    specs = ["mindspore"]
+    if importlib.util.find_spec("torch"):
+        specs += ["torch", "torch layout=channels_last"] + ([] if short else ["torch compile=true"])
+    if importlib.util.find_spec("openvino"):
+        specs.append("openvino")
+    return specs
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -87,9 +108,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tasks", default="train,infer,train.py",
                         help="train: a training step; infer: inference; train.py: Model.train over the CIFAR pipeline")
     parser.add_argument("--engine", action="append", dest="engines", metavar="SPEC",
-                        help="'mindspore [threads=N] [jit_level=O0|O1|O2] [key=value ...]' or "
-                             f"'{PEER} [threads=N] [isa=AVX2|default]'; repeatable. Default: mindspore, "
-                             f"and {PEER} when it is installed")
+                        help="'mindspore [threads=N] [jit_level=O0|O1|O2] [key=value ...]', "
+                             "'torch [threads=N] [layout=contiguous|channels_last] [compile=true] [isa=...]' or "
+                             "'openvino [threads=N]'; repeatable. Default: mindspore, torch eager, channels_last "
+                             "and compile=true when PyTorch is installed (not compile with --short), and openvino "
+                             "when it is installed")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="config the MindSpore engines use")
     parser.add_argument("--pipeline", default="cifar10,imagenet",
                         help="input pipelines to time alone ('' = none)")
@@ -239,7 +262,8 @@ def load_average() -> list[float] | None:
     return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
 
 
-def summarise(rounds: dict, plan, peer: str | None, train_size: int, pipeline_key: Case | None) -> dict:
+def summarise(rounds: dict, plan, peers: list[str], train_size: int, pipeline_key: Case | None,
+              peak_gflops: float | None = None) -> dict:
     rows = []
     for case, engines in plan:
         for engine in engines:
@@ -249,16 +273,21 @@ def summarise(rounds: dict, plan, peer: str | None, train_size: int, pipeline_ke
             if values:
                 row.update(images_per_s=_round(statistics.median(values)), min=_round(min(values)),
                            max=_round(max(values)))
+                if case[0] in MODEL_TASKS:
+                    gflops = row["images_per_s"] * image_gflop(case[1]) * (3 if case[0] == "train" else 1)
+                    row.update(gflops=_round(gflops),
+                               peak_share=round(gflops / peak_gflops, 3) if peak_gflops else None)
             rows.append(row)
     ratios = []
     for row in rows:
-        peer_row = next((r for r in rows if r["engine"] == peer and r["task"] == row["task"]
-                         and r["size"] == row["size"]), None) if peer else None
-        if row["engine"] == peer or row["task"] in PIPELINE_TASKS or not peer_row:
+        if row["engine"] in peers or row["task"] in PIPELINE_TASKS or not row["images_per_s"]:
             continue
-        if row["images_per_s"] and peer_row["images_per_s"]:
-            ratios.append({"task": row["task"], "size": row["size"], "engine": row["engine"], "peer": peer,
-                           "ratio": round(row["images_per_s"] / peer_row["images_per_s"], 3)})
+        peer_rows = [r for r in rows if r["engine"] in peers and (r["task"], r["size"]) == (row["task"], row["size"])
+                     and r["images_per_s"]]
+        if peer_rows:
+            best = max(peer_rows, key=lambda r: r["images_per_s"])
+            ratios.append({"task": row["task"], "size": row["size"], "engine": row["engine"], "peer": best["engine"],
+                           "ratio": round(row["images_per_s"] / best["images_per_s"], 3)})
     result = {"results": rows, "ratios": ratios}
     if pipeline_key:
         pipe = next((r for r in rows if (r["task"], r["size"]) == pipeline_key), None)
@@ -269,6 +298,46 @@ def summarise(rounds: dict, plan, peer: str | None, train_size: int, pipeline_ke
                                            "train_engine": train["engine"], "size": train_size,
                                            "ratio": round(pipe["images_per_s"] / train["images_per_s"], 2)}
     return result
+
+
+# Inception blocks: (in, 1x1, 3x3 reduce, 3x3, "5x5" reduce, "5x5" (3x3 here), pool projection), and
+# after which block a stride-2 pool halves the plane.
+INCEPTION = [(192, 64, 96, 128, 16, 32, 32), (256, 128, 128, 192, 32, 96, 64), (480, 192, 96, 208, 16, 48, 64),
+             (512, 160, 112, 224, 24, 64, 64), (512, 128, 128, 256, 24, 64, 64), (512, 112, 144, 288, 32, 64, 64),
+             (528, 256, 160, 320, 32, 128, 128), (832, 256, 160, 320, 32, 128, 128),
+             (832, 384, 192, 384, 48, 128, 128)]
+POOL_AFTER = {1, 6}  # maxpool3 after block3b, maxpool4 after block4e
+
+
+def image_gflop(size: int, num_classes: int = 10) -> float:
+    """Forward GFLOP of one image (2 per multiply-add of the convolutions and the classifier)."""
+    def conv(cin: int, cout: int, kernel: int, plane: int) -> int:
+        return 2 * cin * cout * kernel * kernel * plane * plane
+
+    side = -(-size // 2)  # conv1, stride 2 ('same' padding)
+    flops = conv(3, 64, 7, side)
+    side = -(-side // 2)  # maxpool1
+    flops += conv(64, 64, 1, side) + conv(64, 192, 3, side)
+    side = -(-side // 2)  # maxpool2
+    for index, (cin, c1, c3r, c3, c5r, c5, proj) in enumerate(INCEPTION):
+        flops += (conv(cin, c1, 1, side) + conv(cin, c3r, 1, side) + conv(c3r, c3, 3, side)
+                  + conv(cin, c5r, 1, side) + conv(c5r, c5, 3, side) + conv(cin, proj, 1, side))
+        if index in POOL_AFTER:
+            side = -(-side // 2)
+    return (flops + 2 * 1024 * num_classes) / 1e9
+
+
+def gemm_peak_gflops() -> float:
+    """This machine's fp32 rate as a float32 GEMM reaches it: numpy 2048^3 on all cores, best of 3."""
+    import numpy as np
+
+    a = np.random.default_rng(0).random((2048, 2048), dtype=np.float32)
+    best = 0.0
+    for _ in range(3):
+        start = time.perf_counter()
+        a @ a
+        best = max(best, 2 * 2048**3 / (time.perf_counter() - start) / 1e9)
+    return best
 
 
 def _shown_path(path: str | Path) -> str:
@@ -282,14 +351,18 @@ def _round(value):
 
 
 def format_table(summary: dict, engines: list[Engine]) -> str:
-    lines = [f"{'task':<10}{'size':>5}  {'engine':<34}{'images/s':>10}{'min-max':>18}{'compile s':>11}{'ratio':>8}"]
+    lines = [f"{'task':<10}{'size':>5}  {'engine':<30}{'images/s':>10}{'min-max':>16}{'compile s':>10}"
+             f"{'GFLOP/s':>9}{'peak':>6}  {'ours / best peer':<30}"]
     for row in summary["results"]:
-        ratio = next((r["ratio"] for r in summary["ratios"] if (r["task"], r["size"], r["engine"])
+        ratio = next((r for r in summary["ratios"] if (r["task"], r["size"], r["engine"])
                       == (row["task"], row["size"], row["engine"])), None)
         spread = f"{row['min']:.1f}-{row['max']:.1f}" if row["images_per_s"] else "-"
         speed = f"{row['images_per_s']:.1f}" if row["images_per_s"] else "failed"
-        lines.append(f"{row['task']:<10}{row['size']:>5}  {row['engine']:<34}{speed:>10}{spread:>18}"
-                     f"{_cell(row['compile_s'], '.1f'):>11}{_cell(ratio, '.2f', 'x'):>8}")
+        versus = f"{ratio['ratio']:.2f}x ({ratio['peer']})" if ratio else ""
+        share = row.get("peak_share")
+        lines.append(f"{row['task']:<10}{row['size']:>5}  {row['engine']:<30}{speed:>10}{spread:>16}"
+                     f"{_cell(row['compile_s'], '.1f'):>10}{_cell(row.get('gflops'), '.1f'):>9}"
+                     f"{_cell(None if share is None else 100 * share, '.0f', '%'):>6}  {versus}")
     for engine in engines:
         if engine.status != "ok":
             lines.append(f"{engine.label}: {engine.status}")
@@ -310,13 +383,13 @@ def main() -> None:
     sizes = parse_sizes(args.sizes)
     tasks = split_list(args.tasks)
     pipelines = split_list(args.pipeline)
-    specs = args.engines or (["mindspore"] + ([PEER] if importlib.util.find_spec(PEER) else []))
+    specs = args.engines or default_engines(args.short)
     engines = [parse_engine(spec, args.config) for spec in specs]
     from src.model_utils.config import load_config
 
     config = load_config([f"--config_path={args.config}"])
     pipeline_size = args.pipeline_size or (32 if args.short else config.image_height)
-    peer = next((e.label for e in engines if e.kind == PEER), None)
+    peak_gflops = gemm_peak_gflops()
 
     with tempfile.TemporaryDirectory(prefix="googlenet-bench-") as scratch:
         folders = write_data(Path(scratch), args.short,
@@ -333,7 +406,7 @@ def main() -> None:
         plan: list[tuple[Case, list[Engine]]] = []
         for task in tasks:
             for size in sizes:
-                runners = [workers[(e.label, size)] for e in engines if task != TRAIN_PY_TASK or e.kind == "mindspore"]
+                runners = [workers[(e.label, size)] for e in engines if runs(e.kind, task)]
                 plan.append(((task, size), runners))
         if pipe_engine:
             plan += [((name, pipeline_size), [pipe_engine]) for name in pipelines]
@@ -355,10 +428,11 @@ def main() -> None:
 
     reported = engines + ([pipe_engine] if pipe_engine else [])
     pipeline_key = ("cifar10", pipeline_size) if "cifar10" in pipelines else None
-    summary = summarise(rounds, plan, peer if peer and any(e.label == peer and e.status == "ok" for e in engines)
-                        else None, pipeline_size, pipeline_key)
+    peers = [e.label for e in engines if e.kind in PEER_KINDS and e.status == "ok"]
+    summary = summarise(rounds, plan, peers, pipeline_size, pipeline_key, peak_gflops)
     report = {
-        "machine": machine_info(),
+        "machine": {**machine_info(), "fp32_peak_gflops": round(peak_gflops, 1),
+                    "peak_method": "float32 GEMM, numpy 2048^3, all cores, best of 3, before the engines start"},
         "load_average": {"before": load_before, "after": load_average()},
         "settings": {"sizes": sizes, "batch": args.batch, "rounds": args.rounds, "steps": args.steps,
                      "warmup": args.warmup, "turn_warmup": args.turn_warmup, "tasks": tasks, "pipelines": pipelines,
@@ -376,7 +450,7 @@ def main() -> None:
     print(f"wrote {args.json}", flush=True)
     failed = [f"{row['task']} {row['size']} ({row['engine']})" for row in summary["results"]
               if row["images_per_s"] is None]
-    failed += [f"{e.label} ({e.status})" for e in reported if e.status != "ok" and e.label != peer]
+    failed += [f"{e.label} ({e.status})" for e in reported if e.status != "ok" and e.kind not in PEER_KINDS]
     if failed:
         raise UserError(f"no result for: {', '.join(failed)}; see the messages above")
 

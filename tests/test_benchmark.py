@@ -43,34 +43,57 @@ def test_short_run_reports_every_case_of_mindspore_and_the_pipelines(short_run):
 
 
 def test_summary_takes_median_spread_and_ratios_of_the_rounds():
-    """The report's arithmetic on known rounds: median, min and max per row, ours / peer per case."""
+    """The report's arithmetic on known rounds: median, min and max per row, ours / the fastest peer of
+    the row, GFLOP/s and the share of the peak."""
     import benchmark
 
-    ours, peer = SimpleNamespace(label="mindspore", compile_s={}), SimpleNamespace(label="torch", compile_s={})
+    engines = {label: SimpleNamespace(label=label, compile_s={}) for label in ("mindspore", "torch", "openvino")}
     rounds = {(("train", 32), "mindspore"): [30.0, 10.0, 20.0, 50.0, 40.0],
-              (("train", 32), "torch"): [8.0, 12.0, 10.0]}
-    summary = benchmark.summarise(rounds, [(("train", 32), [ours, peer])], "torch", 32, None)
-    rows = {row["engine"]: row for row in summary["results"]}
-    assert (rows["mindspore"]["images_per_s"], rows["mindspore"]["min"], rows["mindspore"]["max"]) == (30, 10, 50)
-    assert rows["torch"]["images_per_s"] == 10
-    assert summary["ratios"] == [{"task": "train", "size": 32, "engine": "mindspore", "peer": "torch",
-                                  "ratio": 3.0}]
+              (("train", 32), "torch"): [8.0, 12.0, 10.0],
+              (("infer", 32), "mindspore"): [100.0], (("infer", 32), "torch"): [50.0],
+              (("infer", 32), "openvino"): [200.0]}
+    plan = [(("train", 32), [engines["mindspore"], engines["torch"]]),
+            (("infer", 32), list(engines.values()))]
+    summary = benchmark.summarise(rounds, plan, ["torch", "openvino"], 32, None, peak_gflops=100.0)
+    rows = {(row["task"], row["engine"]): row for row in summary["results"]}
+    ours = rows[("train", "mindspore")]
+    assert (ours["images_per_s"], ours["min"], ours["max"]) == (30, 10, 50)
+    assert rows[("train", "torch")]["images_per_s"] == 10
+    assert ours["gflops"] == pytest.approx(30 * 3 * benchmark.image_gflop(32), abs=0.01)
+    assert ours["peak_share"] == pytest.approx(ours["gflops"] / 100, abs=1e-3)
+    assert summary["ratios"] == [
+        {"task": "train", "size": 32, "engine": "mindspore", "peer": "torch", "ratio": 3.0},
+        {"task": "infer", "size": 32, "engine": "mindspore", "peer": "openvino", "ratio": 0.5}]
 
 
-def test_peer_is_compared_when_pytorch_is_installed(short_run):
+def test_forward_flops_of_the_network():
+    """About 1.5 G multiply-adds per 224x224 image with 1000 classes, GoogLeNet's known figure."""
+    import benchmark
+
+    assert benchmark.image_gflop(224, 1000) == pytest.approx(3.0, abs=0.01)
+    assert benchmark.image_gflop(32, 10) == pytest.approx(0.0611, abs=1e-3)
+
+
+def test_the_peers_a_cpu_user_picks_are_compared_when_installed(short_run):
     _, report = short_run
+    assert report["machine"]["fp32_peak_gflops"] > 0
     engines = {engine["label"]: engine for engine in report["engines"]}
-    if importlib.util.find_spec("torch") is None:
-        assert "torch" not in engines and report["ratios"] == []
-        return
-    assert engines["torch"]["status"] == "ok"
-    peer = {(row["task"], row["size"]): row["images_per_s"] for row in report["results"] if row["engine"] == "torch"}
-    assert set(peer) == {("train", 32), ("infer", 32)}  # train.py is MindSpore's own loop
-    ratios = {(r["task"], r["size"]): r["ratio"] for r in report["ratios"] if r["engine"] == "mindspore"}
-    ours = {(row["task"], row["size"]): row["images_per_s"] for row in report["results"]
-            if row["engine"] == "mindspore"}
-    for key, value in peer.items():
-        assert ratios[key] == pytest.approx(ours[key] / value, rel=0.01)
+    peers = [label for label in ("torch", "torch layout=channels_last") if importlib.util.find_spec("torch")]
+    peers += ["openvino"] if importlib.util.find_spec("openvino") else []
+    assert [label for label in engines if label not in ("mindspore", "pipeline")] == peers
+    assert all(engines[label]["status"] == "ok" for label in peers)
+    speeds = {(row["task"], row["size"], row["engine"]): row["images_per_s"] for row in report["results"]}
+    assert ("train", 32, "openvino") not in speeds and ("train.py", 32, "torch") not in speeds
+    ratios = {(r["task"], r["size"]): r for r in report["ratios"] if r["engine"] == "mindspore"}
+    for task in ("train", "infer"):
+        candidates = {label: speeds[(task, 32, label)] for label in peers if (task, 32, label) in speeds}
+        if not candidates:
+            assert (task, 32) not in ratios
+            continue
+        best = max(candidates, key=candidates.get)
+        assert ratios[(task, 32)]["peer"] == best
+        assert ratios[(task, 32)]["ratio"] == pytest.approx(speeds[(task, 32, "mindspore")] / candidates[best],
+                                                           rel=0.01)
 
 
 def test_table_has_one_line_per_result(short_run):

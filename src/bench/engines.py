@@ -4,7 +4,12 @@
   ``configure_device``, ``create_model_from_config``, ``create_train_model``): a training step is one call of
   the train cell that ``Model.train`` runs each step; inference is the network in eval mode.
   ``train.py`` cases run ``Model.train`` itself over the real CIFAR pipeline.
-- ``TorchEngine``: the hand-written PyTorch peer (src/bench/torch_googlenet.py).
+- ``TorchEngine``: the hand-written PyTorch peer (src/bench/torch_googlenet.py), run as a CPU user
+  would tune it when asked: ``layout=channels_last`` (model and input in NHWC), ``compile=true``
+  (``torch.compile`` of the model; inference with the inductor's freezing, which folds the weights
+  as constants).
+- ``OpenVINOEngine``: inference only, our network exported to ONNX (export.py's code path) run by
+  OpenVINO on all cores with the latency hint.
 - ``PipelineEngine``: the input pipelines of src/dataset.py alone, iterated as fast as they go.
 
 A worker answers ``("prepare", case)`` (build, compile, one warm-up step; returns seconds) and
@@ -14,6 +19,7 @@ A worker answers ``("prepare", case)`` (build, compile, one warm-up step; return
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -141,13 +147,18 @@ class MindSporeEngine:
 
 
 class TorchEngine:
-    """Options: threads (torch.set_num_threads; default: the cores MindSpore's kernels use)."""
+    """Options: threads (torch.set_num_threads; default: every core), layout (contiguous or
+    channels_last), compile (true: torch.compile; inference frozen)."""
 
     def __init__(self, options: dict, batch: int) -> None:
         import torch
 
         self.torch = torch
         self.batch = batch
+        self.channels_last = options.get("layout", "contiguous") == "channels_last"
+        if options.get("layout", "contiguous") not in ("contiguous", "channels_last"):
+            raise ValueError(f"layout={options['layout']!r}: expected contiguous or channels_last")
+        self.compiled = str(options.get("compile", "false")).lower() in ("1", "true")
         torch.set_num_threads(_parse_int(options, "threads") or os.cpu_count() or 1)
         self.steps: dict[Case, object] = {}
 
@@ -161,23 +172,35 @@ class TorchEngine:
         generator = torch.Generator().manual_seed(0)
         images = torch.randn(self.batch, 3, size, size, generator=generator)
         labels = torch.arange(self.batch) % 10
+        if self.channels_last:
+            net = net.to(memory_format=torch.channels_last)
+            images = images.contiguous(memory_format=torch.channels_last)
         if task == "train":
             net.train()
             optimizer = create_optimizer(net, lr=0.025, momentum=0.9, weight_decay=5e-4)
             loss_fn = torch.nn.CrossEntropyLoss()
 
+            model = torch.compile(net) if self.compiled else net
+
             def step() -> None:
                 optimizer.zero_grad(set_to_none=True)
-                loss = loss_fn(net(images), labels)
+                loss = loss_fn(model(images), labels)
                 loss.backward()
                 optimizer.step()
                 loss.item()
         else:
             net.eval()
+            if self.compiled:
+                import torch._inductor.config as inductor_config
+
+                inductor_config.freezing = True
+                model = torch.compile(net)
+            else:
+                model = net
 
             def step() -> None:
-                with torch.inference_mode():
-                    net(images).sum().item()
+                with torch.no_grad():
+                    model(images).sum().item()
         self.steps[case] = step
 
     def run(self, case: Case, steps: int) -> list[float]:
@@ -186,6 +209,53 @@ class TorchEngine:
         for _ in range(steps):
             start = time.perf_counter()
             step()
+            times.append(time.perf_counter() - start)
+        return times
+
+
+class OpenVINOEngine:
+    """Inference only: our network (initialised with the config's seed) exported to ONNX as export.py
+    exports it, compiled by OpenVINO for the CPU with the latency hint on every core. Options: config
+    (YAML path), threads (inference threads; default every core)."""
+
+    def __init__(self, options: dict, batch: int) -> None:
+        import openvino  # noqa: F401  (fails early, as the engine's status, when it is missing)
+
+        self.options = options
+        self.batch = batch
+        self.requests: dict[Case, tuple] = {}
+        self.scratch = Path(tempfile.mkdtemp(prefix="googlenet-openvino-"))
+
+    def prepare(self, case: Case) -> None:
+        import mindspore as ms
+        import openvino as ov
+
+        from src.exporter import export_network
+        from src.googlenet import create_model
+        from src.model_utils.config import load_config
+
+        task, size = case
+        if task != "infer":
+            raise ValueError("OpenVINO runs inference only")
+        config = load_config([f"--config_path={self.options['config']}"])
+        ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
+        ms.set_seed(config.seed)
+        net = create_model(10, dropout_rate=config.dropout_rate, seed=config.seed)
+        net.set_train(False)
+        onnx = export_network(net, (self.batch, 3, size, size), self.scratch / f"googlenet_{size}", "ONNX")
+        threads = _parse_int(self.options, "threads") or os.cpu_count() or 1
+        compiled = ov.Core().compile_model(str(onnx), "CPU", {"PERFORMANCE_HINT": "LATENCY",
+                                                             "INFERENCE_NUM_THREADS": threads})
+        images = np.random.default_rng(0).standard_normal((self.batch, 3, size, size), dtype=np.float32)
+        self.requests[case] = (compiled.create_infer_request(), images)
+
+    def run(self, case: Case, steps: int) -> list[float]:
+        request, images = self.requests[case]
+        times = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            request.infer({0: images})
+            float(request.get_output_tensor(0).data.sum())
             times.append(time.perf_counter() - start)
         return times
 
@@ -226,7 +296,8 @@ class PipelineEngine:
         return times
 
 
-ENGINES = {"mindspore": MindSporeEngine, "torch": TorchEngine, "pipeline": PipelineEngine}
+ENGINES = {"mindspore": MindSporeEngine, "torch": TorchEngine, "openvino": OpenVINOEngine,
+           "pipeline": PipelineEngine}
 
 
 def serve(kind: str, options: dict, batch: int, connection) -> None:

@@ -9,7 +9,7 @@
   (``torch.compile`` of the model; inference with the inductor's freezing, which folds the weights
   as constants).
 - ``OpenVINOEngine``: inference only, our network exported to ONNX (export.py's code path) run by
-  OpenVINO on all cores with the latency hint.
+  OpenVINO on all cores with the latency hint, in float32.
 - ``PipelineEngine``: the input pipelines of src/dataset.py alone, iterated as fast as they go.
 
 A worker answers ``("prepare", case)`` (build, compile, one warm-up step; returns seconds) and
@@ -244,8 +244,10 @@ class OpenVINOEngine:
         net.set_train(False)
         onnx = export_network(net, (self.batch, 3, size, size), self.scratch / f"googlenet_{size}", "ONNX")
         threads = _parse_int(self.options, "threads") or os.cpu_count() or 1
+        # float32 like every other engine: on CPUs with bf16 units OpenVINO would otherwise infer in bf16.
         compiled = ov.Core().compile_model(str(onnx), "CPU", {"PERFORMANCE_HINT": "LATENCY",
-                                                             "INFERENCE_NUM_THREADS": threads})
+                                                             "INFERENCE_NUM_THREADS": threads,
+                                                             "INFERENCE_PRECISION_HINT": "f32"})
         images = np.random.default_rng(0).standard_normal((self.batch, 3, size, size), dtype=np.float32)
         self.requests[case] = (compiled.create_infer_request(), images)
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from src.atomic_io import ensure_folder
 from src.errors import UserError, run_main
 from src.logger import setup_logging
 from src.model_utils.config import load_config
@@ -31,24 +32,14 @@ IMAGENET_LABEL_FILE = "imagenet_label.txt"
 IMAGE_EXTENSIONS = {".jpeg", ".jpg", ".png"}
 
 
-def _output_folder(path: str | Path) -> Path:
-    """``path``, created; a folder that cannot be created is a user error naming --output_path."""
-    output = Path(path)
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"output folder {output} cannot be created ({err.strerror}); "
-                        "pass --output_path=<a writable folder>") from None
-    return output
-
-
 def write_cifar10(data_path: str, output: Path, image_size: tuple[int, int], batch_size: int) -> int:
     """Write the transformed evaluation set in batches; returns the number of images."""
     from src.dataset import create_dataset
 
     dataset = create_dataset("cifar10", data_path, training=False, batch_size=batch_size, image_size=image_size,
                              num_parallel_workers=1, shuffle=False)
-    data_dir, label_dir = _output_folder(output / CIFAR_DATA_FOLDER), _output_folder(output / CIFAR_LABEL_FOLDER)
+    data_dir = ensure_folder(output / CIFAR_DATA_FOLDER, "output_path")
+    label_dir = ensure_folder(output / CIFAR_LABEL_FOLDER, "output_path")
     for folder in (data_dir, label_dir):
         for stale in folder.glob("cifar10_*.bin"):
             stale.unlink()
@@ -92,7 +83,7 @@ def main() -> None:
               f"(batches of {batch}, {size[0]}x{size[1]}) and labels to {output / CIFAR_LABEL_FOLDER}", flush=True)
         return
     labels = imagenet_labels(data_path)
-    label_file = _output_folder(config.output_path) / IMAGENET_LABEL_FILE
+    label_file = ensure_folder(config.output_path, "output_path") / IMAGENET_LABEL_FILE
     partial = label_file.with_suffix(".tmp")
     partial.write_text("".join(f"{name} {index}\n" for name, index in labels), encoding="utf-8")
     os.replace(partial, label_file)

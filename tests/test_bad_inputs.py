@@ -170,7 +170,7 @@ CASES = [
     Case("preprocess-output-under-a-file", "preprocess.py",
          lambda i: [f"--config_path={IMAGENET_CONFIG}", f"--val_data_path={i.images}/val",
                     f"--output_path={i.file('taken')}/out"],
-         1, ("output folder {work}/taken/out cannot be created", "--output_path")),
+         1, ("output_path: {work}/taken/out is not a folder", "expected a folder")),
     # ---- postprocess.py
     Case("postprocess-labels-missing", "postprocess.py",
          lambda i: [f"--result_path={i.folder('result_Files')}", f"--label_file={i.work}/01_label"],

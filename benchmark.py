@@ -21,6 +21,7 @@ best of 3) measured at the start.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import multiprocessing
@@ -300,31 +301,25 @@ def summarise(rounds: dict, plan, peers: list[str], train_size: int, pipeline_ke
     return result
 
 
-# Inception blocks: (in, 1x1, 3x3 reduce, 3x3, "5x5" reduce, "5x5" (3x3 here), pool projection), and
-# after which block a stride-2 pool halves the plane.
-INCEPTION = [(192, 64, 96, 128, 16, 32, 32), (256, 128, 128, 192, 32, 96, 64), (480, 192, 96, 208, 16, 48, 64),
-             (512, 160, 112, 224, 24, 64, 64), (512, 128, 128, 256, 24, 64, 64), (512, 112, 144, 288, 32, 64, 64),
-             (528, 256, 160, 320, 32, 128, 128), (832, 256, 160, 320, 32, 128, 128),
-             (832, 384, 192, 384, 48, 128, 128)]
-POOL_AFTER = {1, 6}  # maxpool3 after block3b, maxpool4 after block4e
-
-
+@functools.cache
 def image_gflop(size: int, num_classes: int = 10) -> float:
-    """Forward GFLOP of one image (2 per multiply-add of the convolutions and the classifier)."""
-    def conv(cin: int, cout: int, kernel: int, plane: int) -> int:
-        return 2 * cin * cout * kernel * kernel * plane * plane
+    """Forward GFLOP of one image (2 per multiply-add of the convolutions and the classifier), read off
+    src/googlenet.py's network: its cells in order, each stride-2 convolution or pool halving the plane."""
+    import mindspore.nn as nn
 
-    side = -(-size // 2)  # conv1, stride 2 ('same' padding)
-    flops = conv(3, 64, 7, side)
-    side = -(-side // 2)  # maxpool1
-    flops += conv(64, 64, 1, side) + conv(64, 192, 3, side)
-    side = -(-side // 2)  # maxpool2
-    for index, (cin, c1, c3r, c3, c5r, c5, proj) in enumerate(INCEPTION):
-        flops += (conv(cin, c1, 1, side) + conv(cin, c3r, 1, side) + conv(c3r, c3, 3, side)
-                  + conv(cin, c5r, 1, side) + conv(c5r, c5, 3, side) + conv(cin, proj, 1, side))
-        if index in POOL_AFTER:
-            side = -(-side // 2)
-    return (flops + 2 * 1024 * num_classes) / 1e9
+    from src.googlenet import create_model
+
+    side, flops = size, 0
+    for _, cell in create_model(num_classes).cells_and_names():
+        if isinstance(cell, (nn.Conv2d, nn.MaxPool2d)):
+            stride = cell.stride if isinstance(cell.stride, int) else cell.stride[0]
+            side = -(-side // stride)  # 'same' padding
+        if isinstance(cell, nn.Conv2d):
+            height, width = cell.kernel_size
+            flops += 2 * cell.in_channels * cell.out_channels * height * width * side * side
+        elif isinstance(cell, nn.Dense):
+            flops += 2 * cell.in_channels * cell.out_channels
+    return flops / 1e9
 
 
 def gemm_peak_gflops() -> float:

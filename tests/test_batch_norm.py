@@ -139,3 +139,39 @@ def test_moving_statistics_in_training_when_asked(library, kernel_cache):
         for name in ("moving_mean", "moving_variance"):
             _assert_close(getattr(compiled.bn, name).asnumpy(), getattr(stock.bn, name).asnumpy(), name, 1e-6)
         assert np.array_equal(compiled.bn.moving_mean.asnumpy(), before) != use_batch_statistics
+
+
+class _ReadAround(nn.Cell):
+    """A training call of ``cell`` with its moving mean read just before it and just after it, in one graph."""
+
+    def __init__(self, cell: nn.Cell, bn: BatchNormReLU2d) -> None:
+        super().__init__()
+        self.cell = cell
+        self.moving_mean = bn.moving_mean
+
+    def construct(self, x):
+        before = self.moving_mean * 1
+        y = self.cell(x)
+        after = self.moving_mean * 1
+        return before, y, after
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["batch-norm", "convolution-block"])
+def test_the_graph_orders_reads_around_the_statistics_update(library, kernel_cache, fused):
+    """The kernels write the moving statistics in place: MindSpore must know it, or a read written
+    after the call may see the old values (both reads merged, or run before the kernel)."""
+    ms.set_context(mode=ms.GRAPH_MODE)
+    rng = np.random.default_rng(4)
+    if fused:
+        cell = kernel_block(6, 8, 3)
+        assert cell.fused is not None
+        bn = cell.bn
+    else:
+        cell = bn = BatchNormReLU2d(8, library=library)
+    cell.set_train(True)
+    x = ms.Tensor((rng.standard_normal((4, 6 if fused else 8, 2, 2)) + 3).astype(np.float32))
+    start = bn.moving_mean.asnumpy().copy()
+    before, _, after = _ReadAround(cell, bn)(x)
+    np.testing.assert_array_equal(before.asnumpy(), start)
+    assert not np.allclose(after.asnumpy(), start)
+    np.testing.assert_array_equal(bn.moving_mean.asnumpy(), after.asnumpy())

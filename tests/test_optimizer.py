@@ -98,3 +98,34 @@ def test_falls_back_to_nn_momentum_without_a_compiler(monkeypatch, caplog, tmp_p
                                      str(tmp_path / "no-such-compiler"), tmp_path / "cache", monkeypatch, caplog)
     assert type(optimizer) is nn.Momentum
     assert "no C++ compiler" in caplog.text and "optimizer uses MindSpore's own CPU kernels" in caplog.text
+
+
+class _ReadAround(nn.Cell):
+    """The step's optimizer call with the first parameter read just before it and just after it, in one graph."""
+
+    def __init__(self, optimizer: nn.Momentum) -> None:
+        super().__init__()
+        self.optimizer = optimizer
+        self.param = optimizer.parameters[0]
+
+    def construct(self, gradients):
+        before = self.param * 1
+        done = self.optimizer(gradients)
+        after = self.param * 1
+        return before, after, done
+
+
+def test_the_graph_orders_reads_around_the_update(kernel_cache):
+    """The kernel writes the parameters in place: MindSpore must know it, or it may run the update
+    before a read written ahead of it, or merge the two reads into one (both seen with the kernel
+    declared as only reading its inputs)."""
+    ms.set_context(mode=ms.GRAPH_MODE)
+    net = _Small()
+    optimizer = create_momentum(net.trainable_params(), 0.5, 0.9, compiled=True)
+    assert isinstance(optimizer, CompiledMomentum)
+    start = optimizer.parameters[0].asnumpy().copy()
+    gradients = tuple(ms.Tensor(np.ones(p.shape, np.float32)) for p in optimizer.parameters)
+    before, after, _ = _ReadAround(optimizer)(gradients)
+    np.testing.assert_array_equal(before.asnumpy(), start)
+    np.testing.assert_allclose(after.asnumpy(), start - 0.5, rtol=1e-6, atol=1e-6)  # moment 0: w - lr * g
+    np.testing.assert_array_equal(optimizer.parameters[0].asnumpy(), after.asnumpy())

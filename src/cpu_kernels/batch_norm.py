@@ -6,7 +6,8 @@ BatchNorm, ReLU and their two gradients cost far more to launch than their arith
 names, so checkpoints move freely) followed by ReLU; in training, on the kernel, the pair is one
 operation and its gradient one more (src/cpu_kernels/kernels/conv.cc, ``BatchNormReluTrain``): batch statistics
 normalise, and the moving statistics are updated in place, with MindSpore's rule (weight
-1 - momentum for the batch's mean and unbiased variance). Outputs and gradients equal MindSpore's up
+1 - momentum for the batch's mean and unbiased variance), the kernel declared to MindSpore as writing
+them (``writes_inputs``), as MindSpore's BatchNorm is. Outputs and gradients equal MindSpore's up
 to float32 rounding. In evaluation, and without the kernel, it is MindSpore's BatchNorm and ReLU.
 """
 
@@ -20,7 +21,7 @@ import numpy as np
 from mindspore import Tensor
 from mindspore import dtype as mstype
 
-from src.cpu_kernels.build import kernel_library
+from src.cpu_kernels.build import kernel_library, writes_inputs
 from src.cpu_kernels.conv import CompiledConv2d
 
 
@@ -53,8 +54,10 @@ class BatchNormReLU2d(nn.BatchNorm2d):
             return (dz, dgamma, dbeta, zeros_like(moving_mean), zeros_like(moving_variance),
                     zeros_like(settings))
 
-        self.fused = ops.Custom(f"{library}:BatchNormReluTrain", out_shape=statistics_shape, out_dtype=float32,
-                                func_type="aot", bprop=bprop)
+        # inputs: z, gamma, beta, moving mean and variance (written), settings
+        self.fused = writes_inputs(ops.Custom(f"{library}:BatchNormReluTrain", out_shape=statistics_shape,
+                                              out_dtype=float32, func_type="aot", bprop=bprop),
+                                   [False, False, False, True, True, False])
 
     def on_kernel(self) -> bool:
         """Whether this call normalises with batch statistics on the kernel: in training, unless
@@ -93,8 +96,10 @@ def fused_conv_batch_norm_relu(conv: nn.Cell, bn: BatchNormReLU2d) -> ops.Custom
         return (dx, dweight, dgamma, dbeta, zeros_like(moving_mean), zeros_like(moving_variance),
                 zeros_like(settings))
 
-    return ops.Custom(f"{library}:ConvBatchNormReluTrain", out_shape=output_shape, out_dtype=(mstype.float32,) * 4,
-                      func_type="aot", bprop=bprop)
+    # inputs: x, the filter, gamma, beta, moving mean and variance (written), settings
+    return writes_inputs(ops.Custom(f"{library}:ConvBatchNormReluTrain", out_shape=output_shape,
+                                    out_dtype=(mstype.float32,) * 4, func_type="aot", bprop=bprop),
+                         [False, False, False, False, True, True, False])
 
 
 def create_batch_norm_relu(num_features: int, eps: float = 1e-3, compiled: bool = False) -> BatchNormReLU2d:

@@ -17,6 +17,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import mindspore.ops as ops
+from mindspore.ops import signature
+
 from src.logger import logger
 
 KERNEL_DIR = Path(__file__).resolve().parent / "kernels"
@@ -70,3 +73,15 @@ def kernel_library(name: str) -> Path | None:
 def kernels_apply(config) -> bool:
     """Whether the compiled kernels can apply at all: on CPU, in float32 (amp_level O0)."""
     return config.device_target == "CPU" and config.amp_level == "O0"
+
+
+def writes_inputs(op: ops.Custom, written: list[bool]) -> ops.Custom:
+    """``op`` declared to MindSpore as writing its inputs where ``written`` says so (one flag per
+    input), the way MindSpore's own in-place operations (Assign, ApplyMomentum) are: the memory side
+    effect, and those inputs as references to be written. The graph then orders every read of those
+    parameters around the call and hands the kernel the parameters' own memory. Returns ``op``."""
+    op.add_prim_attr("side_effect_mem", True)
+    op.__mindspore_signature__ = tuple(
+        signature.make_sig(f"input{i}", signature.sig_rw.RW_WRITE if write else signature.sig_rw.RW_READ)
+        for i, write in enumerate(written))
+    return op

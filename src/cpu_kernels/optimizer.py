@@ -5,7 +5,8 @@ scaling (Mul) and ApplyMomentum, about 290 operations for GoogleNet, whose launc
 their arithmetic in a 32x32 training step (docs/PERFORMANCE.md, "Changes tried"). ``CompiledMomentum`` is
 ``nn.Momentum`` (same arguments, parameter groups, learning-rate schedules, the same ``moments``
 state, so checkpoints and resumption are unchanged) whose step is one kernel call doing the same
-arithmetic in the same order, the parameters and moments updated in place.
+arithmetic in the same order. The kernel writes the parameters and moments in place, and is declared
+to MindSpore as doing so (``writes_inputs``), as nn.Momentum's ApplyMomentum is.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 from mindspore import Tensor
 from mindspore import dtype as mstype
 
-from src.cpu_kernels.build import kernel_library, kernels_apply
+from src.cpu_kernels.build import kernel_library, kernels_apply, writes_inputs
 
 
 class CompiledMomentum(nn.Momentum):
@@ -45,8 +46,10 @@ class CompiledMomentum(nn.Momentum):
         def done_shape(*shapes):
             return [1]
 
-        self.update = ops.Custom(f"{library}:MomentumUpdate", out_shape=done_shape, out_dtype=mstype.float32,
-                                 func_type="aot")
+        # inputs: settings, lr, the parameters and the moments (both written), the gradients
+        self.update = writes_inputs(
+            ops.Custom(f"{library}:MomentumUpdate", out_shape=done_shape, out_dtype=mstype.float32, func_type="aot"),
+            [False, False] + [True] * (2 * count) + [False] * count)
 
     def construct(self, gradients):
         lr = self.get_lr()

@@ -141,3 +141,41 @@ def test_fold_batchnorm_returns_the_network_it_changed(kernel_cache):
     net = create_model(10)
     assert fold_batchnorm(net) is net
     assert isinstance(net.block3a.b4, conv.ConvBiasReLU)
+
+
+def test_weights_loaded_into_a_folded_network_are_used(kernel_cache):
+    """The kernel keeps each folded filter packed between calls: new weights loaded into a folded
+    network that has already run (as a serving process reloading a checkpoint does) must be packed
+    again, wherever MindSpore puts them. Network A, after it has run, takes network B's folded
+    weights and gives B's logits."""
+    ms.set_context(mode=ms.GRAPH_MODE)
+    networks = []
+    for seed in (8, 9):
+        ms.set_seed(seed)
+        net = kernel_model(10, conv=True)
+        _trained_statistics(net, seed=seed)
+        net.set_train(False)
+        networks.append(fold_batchnorm(net))
+    target, source = networks
+    x = ms.Tensor(np.random.default_rng(10).standard_normal((4, 3, 32, 32)).astype(np.float32))
+    expected = source(x).asnumpy()
+    before = target(x).asnumpy()
+    assert np.abs(before - expected).max() > 1e-2 * np.abs(expected).max()  # two different networks
+
+    weights = {name: param for name, param in source.parameters_and_names() if not name.endswith("filter_token")}
+    not_loaded, _ = ms.load_param_into_net(target, weights, strict_load=True)
+    assert not [name for name in not_loaded if not name.endswith("filter_token")]
+    _assert_close(target(x).asnumpy(), expected, "logits after loading", tolerance=1e-5)
+
+    # written into the parameters' own memory, as an in-graph update would
+    for name, param in target.parameters_and_names():
+        if name.endswith("weight"):
+            ms.ops.Assign()(param, ms.Tensor(param.asnumpy() * 0.5))
+    halved = target(x).asnumpy()
+    fresh = kernel_model(10, conv=True)
+    fresh.set_train(False)
+    fold_batchnorm(fresh)
+    ms.load_param_into_net(fresh, {name: param for name, param in target.parameters_and_names()
+                                   if not name.endswith("filter_token")}, strict_load=True)
+    _assert_close(halved, fresh(x).asnumpy(), "logits after an in-place write", tolerance=1e-5)
+    assert np.abs(halved - expected).max() > 1e-2 * np.abs(expected).max()

@@ -46,7 +46,8 @@ MAX_KERNEL_PLANE = 16
 MAX_FOLDED_KERNEL_PLANE = 64
 
 # Names each folded filter for the kernel, which packs a filter on its first call and keeps it by
-# that name (src/cpu_kernels/kernels/conv.cc, PackedOnce): never reused within a process.
+# that name until the filter's values change (src/cpu_kernels/kernels/conv.cc, PackedOnce): never
+# reused within a process.
 _filter_tokens = itertools.count(1)
 
 
@@ -111,7 +112,8 @@ class ConvBiasReLU(nn.Cell):
     (or the convolution's own limit, if larger), for stride 2 on every plane (conv1: faster than
     MindSpore's at 32x32 and 224x224 input, docs/PERFORMANCE.md); otherwise it is
     MindSpore's Conv2D (the one of ``conv``), BiasAdd and ReLU. The kernel keeps the filter packed
-    after its first call: the weight is a constant of the cell (fold again rather than change it)."""
+    after its first call, with a copy of the values it was packed from, and packs it again when the
+    weight it is given differs (weights loaded into the folded network are used)."""
 
     def __init__(self, conv: nn.Conv2d, weight: np.ndarray, bias: np.ndarray) -> None:
         super().__init__()

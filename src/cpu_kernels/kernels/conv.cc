@@ -651,36 +651,66 @@ void GradientOfFilter(const float *x, const float *dy, const ConvShape &s, float
 // ---- filters packed once, for inference ----
 // A folded inference network calls each convolution with the same filter every time, so its GEMM's
 // A (the filter, or the dense map read from it) is packed on the first call and kept. The key is a
-// token the caller gives each filter (src/conv.py: one per ConvBiasReLU, never reused within a
-// process) and the input plane (the dense maps depend on it); the filter's address is kept too, and
-// a filter met at another address is packed again. Past kPackedFilterValues the cache starts over.
+// token the caller gives each filter (src/cpu_kernels/conv.py: one per ConvBiasReLU, never reused
+// within a process) and the input plane (the dense maps depend on it). The entry keeps a copy of the
+// filter it was packed from, compared with the filter of every call: weights loaded into the network
+// later (at the same address or not) are packed again, never served stale. Past kPackedFilterValues
+// the cache starts over.
 using PackedFilter = std::shared_ptr<const std::vector<float>>;
+
+// Whether w[0 .. kept.size()) holds exactly the values of `kept`, bit for bit; compared in pieces
+// on the worker threads (a network's filters are tens of megabytes, read on every call).
+bool SameValues(const std::vector<float> &kept, const float *w) {
+  constexpr int64_t kPiece = 1 << 15;
+  const int64_t count = static_cast<int64_t>(kept.size());
+  std::atomic<bool> same{true};
+  Workers::Get().Run((count + kPiece - 1) / kPiece, [&](int64_t piece) {
+    const int64_t begin = piece * kPiece;
+    if (same.load(std::memory_order_relaxed) &&
+        std::memcmp(kept.data() + begin, w + begin, std::min(kPiece, count - begin) * sizeof(float)) != 0) {
+      same.store(false, std::memory_order_relaxed);
+    }
+  });
+  return same.load();
+}
 
 PackedFilter PackedOnce(int64_t token, const float *w, const ConvShape &s,
                         const std::function<std::vector<float>()> &pack) {
   struct Entry {
-    const float *filter;
+    std::shared_ptr<const std::vector<float>> filter;  // the values it was packed from
     PackedFilter packed;
   };
   static std::mutex mutex;
   static std::map<std::tuple<int64_t, int64_t, int64_t>, Entry> cache;
   static int64_t cached_values = 0;
-  std::lock_guard<std::mutex> lock(mutex);
+  const int64_t filter_values = s.oc * s.depth();
   const auto key = std::make_tuple(token, s.h, s.w);
+  Entry entry;
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    const auto found = cache.find(key);
+    if (found != cache.end()) entry = found->second;
+  }
+  if (entry.packed != nullptr && static_cast<int64_t>(entry.filter->size()) == filter_values &&
+      SameValues(*entry.filter, w)) {
+    return entry.packed;
+  }
+  entry = Entry{std::make_shared<const std::vector<float>>(w, w + filter_values),
+                std::make_shared<const std::vector<float>>(pack())};
+  const int64_t values = static_cast<int64_t>(entry.packed->size()) + filter_values;
+  std::lock_guard<std::mutex> lock(mutex);
   const auto found = cache.find(key);
   if (found != cache.end()) {
-    if (found->second.filter == w) return found->second.packed;
-    cached_values -= static_cast<int64_t>(found->second.packed->size());
+    cached_values -= static_cast<int64_t>(found->second.packed->size() + found->second.filter->size());
     cache.erase(found);
   }
-  auto packed = std::make_shared<const std::vector<float>>(pack());
-  if (cached_values + static_cast<int64_t>(packed->size()) > kPackedFilterValues) {
+  if (cached_values + values > kPackedFilterValues) {
     cache.clear();  // calls still running keep their filters through their own references
     cached_values = 0;
   }
-  cached_values += static_cast<int64_t>(packed->size());
-  cache.emplace(key, Entry{w, packed});
-  return packed;
+  cached_values += values;
+  cache.emplace(key, entry);
+  return entry.packed;
 }
 
 // relu(conv(x, w) + bias[OC]): a convolution with BatchNorm folded into it (w and bias), and ReLU,

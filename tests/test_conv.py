@@ -11,8 +11,10 @@ import pytest
 from mindspore import nn, ops
 
 from src.checkpoint import load_weights
-from src.cpu_kernels import conv
+from src.cpu_kernels import accelerate, conv
+from src.cpu_kernels.blocks import substitute_kernels
 from src.errors import UserError
+from src.googlenet import Conv2dBlock, create_model
 from src.model_utils.config import load_config
 from src.models import create_model_from_config
 from src.trainer import create_train_model
@@ -165,20 +167,28 @@ def test_checkpoints_move_between_the_two(kernel_cache, tmp_path):
         np.testing.assert_array_equal(a.asnumpy(), b.asnumpy())
 
 
+def _substituted(*shapes: tuple[int, int]) -> list[nn.Cell]:
+    """A convolution block (4 to 8 channels) for each (kernel, stride), put through the CPU layer's
+    substitution with the convolution kernel asked for: the convolution cell each block ends with."""
+    blocks = nn.SequentialCell([Conv2dBlock(4, 8, kernel, stride) for kernel, stride in shapes])
+    substitute_kernels(blocks, max_pool=False, conv=True)
+    return [block.conv for block in blocks]
+
+
 def test_which_convolutions_use_it(kernel_cache):
     """Odd kernels with stride 1, and with stride 2 (where only the folded inference form runs the
     kernel: the cell itself is MindSpore's Conv2D, bit for bit); even kernels and stride 3 never."""
     ms.set_context(mode=ms.GRAPH_MODE)
-    for kernel, stride in [(3, 1), (1, 1), (7, 2), (3, 2)]:
-        cell = conv.create_conv(4, 8, kernel, stride, compiled=True)
+    shapes = [(3, 1), (1, 1), (7, 2), (3, 2)]
+    for (kernel, stride), cell in zip(shapes, _substituted(*shapes), strict=True):
         assert isinstance(cell, conv.CompiledConv2d) and cell.kernel_stride == stride, (kernel, stride)
-    for kernel, stride in [(2, 1), (4, 2), (3, 3)]:
-        assert type(conv.create_conv(4, 8, kernel, stride, compiled=True)) is nn.Conv2d, (kernel, stride)
-    assert type(conv.create_conv(4, 8, 3, 1)) is nn.Conv2d
-    strided = conv.create_conv(3, 8, 7, 2, compiled=True)
-    stock = nn.Conv2d(3, 8, 7, stride=2, pad_mode="same", has_bias=False)
+    shapes = [(2, 1), (4, 2), (3, 3)]
+    for shape, cell in zip(shapes, _substituted(*shapes), strict=True):
+        assert type(cell) is nn.Conv2d, shape
+    strided = _substituted((7, 2))[0]
+    stock = nn.Conv2d(4, 8, 7, stride=2, pad_mode="same", has_bias=False)
     stock.weight.set_data(strided.weight.data.copy())
-    x = ms.Tensor(np.random.default_rng(5).standard_normal((2, 3, 4, 4)).astype(np.float32))  # a small plane
+    x = ms.Tensor(np.random.default_rng(5).standard_normal((2, 4, 4, 4)).astype(np.float32))  # a small plane
     np.testing.assert_array_equal(strided(x).asnumpy(), stock(x).asnumpy())
 
 
@@ -190,20 +200,34 @@ def test_the_entry_scripts_network_uses_it_and_logs_it(kernel_cache, caplog):
     assert f"stride-1 convolutions: compiled CPU kernel {kernel_cache}" in caplog.text
 
 
-def test_falls_back_to_mindspores_conv_without_a_compiler(monkeypatch, caplog, tmp_path):
-    cell = create_with_compiler(lambda: conv.create_conv(4, 8, 3, 1, compiled=True),
-                                str(tmp_path / "no-such-compiler"), tmp_path / "cache", monkeypatch, caplog)
-    assert type(cell) is nn.Conv2d
-    assert "no C++ compiler" in caplog.text and "conv uses MindSpore's own CPU kernels" in caplog.text
+def test_falls_back_to_mindspores_operators_without_a_compiler(monkeypatch, caplog, tmp_path):
+    """No compiler: the CPU layer leaves the network as built (one warning per kernel asked for) and
+    trains and infers with MindSpore's operators, the same results as a network it was never applied to."""
+    ms.set_context(mode=ms.GRAPH_MODE)
+    config = load_config([f"--config_path={CPU_CONFIG}", "--num_classes=4"])
+    ms.set_seed(3)
+    plain = create_model(4)
+    ms.set_seed(3)
+    net = create_with_compiler(lambda: accelerate(create_model(4), config), str(tmp_path / "no-such-compiler"),
+                               tmp_path / "cache", monkeypatch, caplog)
+    assert [type(cell) for _, cell in net.cells_and_names()] == [type(cell) for _, cell in plain.cells_and_names()]
+    warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert sorted(warnings) == [f"no C++ compiler (g++ or $CXX) found: {name} uses MindSpore's own CPU kernels"
+                                for name in ("conv", "max_pool")]
+    assert not (tmp_path / "cache").exists()
+    x = ms.Tensor(np.random.default_rng(6).standard_normal((2, 3, 32, 32)).astype(np.float32))
+    net.set_train(False)
+    plain.set_train(False)
+    np.testing.assert_array_equal(net(x).asnumpy(), plain(x).asnumpy())
 
 
 @pytest.mark.parametrize("value", ["two", "0", "-1", "1.5"])
 def test_a_bad_thread_count_is_a_user_error(kernel_cache, monkeypatch, value):
     monkeypatch.setenv("GOOGLENET_KERNEL_THREADS", value)
     with pytest.raises(UserError, match=f"GOOGLENET_KERNEL_THREADS='{value}': expected a positive integer"):
-        conv.create_conv(4, 8, 3, 1, compiled=True)
+        _substituted((3, 1))
     monkeypatch.setenv("GOOGLENET_KERNEL_THREADS", "3")
-    assert isinstance(conv.create_conv(4, 8, 3, 1, compiled=True), conv.CompiledConv2d)
+    assert isinstance(_substituted((3, 1))[0], conv.CompiledConv2d)
 
 
 def test_eval_py_reports_a_bad_thread_count_in_one_line(library, cifar_dir, trained_cifar, tmp_path):

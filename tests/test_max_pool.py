@@ -8,6 +8,7 @@ import pytest
 from mindspore import nn, ops
 
 from src.cpu_kernels import max_pool
+from src.cpu_kernels.blocks import substitute_kernels
 from src.model_utils.config import load_config
 from src.trainer import create_train_model
 from tests.conftest import CPU_CONFIG, build_kernel, create_with_compiler, kernel_model
@@ -111,10 +112,17 @@ def test_a_training_step_of_the_network_is_unchanged(kernel_cache):
         assert difference <= 1e-4 * np.linalg.norm(update), (name, difference, np.linalg.norm(update))
 
 
+def _pools_substituted() -> list[nn.Cell]:
+    """Two 'same' max pools (3x3 stride 2, 3x3 stride 1) after the CPU layer's substitution."""
+    pools = nn.SequentialCell([nn.MaxPool2d(3, 2, pad_mode="same"), nn.MaxPool2d(3, 1, pad_mode="same")])
+    substitute_kernels(pools, max_pool=True, conv=False)
+    return list(pools)
+
+
 def test_falls_back_to_mindspores_max_pool_without_a_compiler(monkeypatch, caplog, tmp_path):
-    pool = create_with_compiler(lambda: max_pool.create_max_pool(3, 2, compiled=True),
-                                str(tmp_path / "no-such-compiler"), tmp_path / "cache", monkeypatch, caplog)
-    assert isinstance(pool, nn.MaxPool2d)
+    pools = create_with_compiler(_pools_substituted, str(tmp_path / "no-such-compiler"), tmp_path / "cache",
+                                 monkeypatch, caplog)
+    assert all(type(pool) is nn.MaxPool2d for pool in pools)
     assert "no C++ compiler" in caplog.text
     assert not (tmp_path / "cache").exists()
 
@@ -123,9 +131,8 @@ def test_a_broken_build_falls_back_and_leaves_no_library(monkeypatch, caplog, tm
     compiler = tmp_path / "failing-compiler"
     compiler.write_text("#!/bin/sh\necho 'fatal error: simulated' >&2\nexit 1\n")
     compiler.chmod(0o755)
-    pool = create_with_compiler(lambda: max_pool.create_max_pool(3, 2, compiled=True),
-                                str(compiler), tmp_path / "cache", monkeypatch, caplog)
-    assert isinstance(pool, nn.MaxPool2d)
+    pools = create_with_compiler(_pools_substituted, str(compiler), tmp_path / "cache", monkeypatch, caplog)
+    assert all(type(pool) is nn.MaxPool2d for pool in pools)
     assert "simulated" in caplog.text
     assert list((tmp_path / "cache").iterdir()) == []
 

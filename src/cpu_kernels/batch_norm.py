@@ -21,7 +21,7 @@ import numpy as np
 from mindspore import Tensor
 from mindspore import dtype as mstype
 
-from src.cpu_kernels.build import kernel_library, writes_inputs
+from src.cpu_kernels.build import writes_inputs
 from src.cpu_kernels.conv import CompiledConv2d
 
 
@@ -100,8 +100,3 @@ def fused_conv_batch_norm_relu(conv: nn.Cell, bn: BatchNormReLU2d) -> ops.Custom
     return writes_inputs(ops.Custom(f"{library}:ConvBatchNormReluTrain", out_shape=output_shape,
                                     out_dtype=(mstype.float32,) * 4, func_type="aot", bprop=bprop),
                          [False, False, False, False, True, True, False])
-
-
-def create_batch_norm_relu(num_features: int, eps: float = 1e-3, compiled: bool = False) -> BatchNormReLU2d:
-    """BatchNorm then ReLU, the training pair on the compiled kernel when asked for and available."""
-    return BatchNormReLU2d(num_features, eps, kernel_library("conv") if compiled else None)

@@ -11,10 +11,11 @@ equal MindSpore's up to float32 rounding (the sums run in another order). Stride
 have no gradient in the kernel: their ``CompiledConv2d`` is MindSpore's Conv2D, and the kernel runs only
 their folded inference form, ``ConvBiasReLU``.
 
-The library is built on first use by src/cpu_kernels/build.py. ``create_conv`` falls back to
-``nn.Conv2d`` where that is not possible (no compiler) and for what the kernel does not cover
-(even kernels, strides above 2); exported models always use ``nn.Conv2d``. The kernel's worker threads:
-one per core the process may use, or ``$GOOGLENET_KERNEL_THREADS``.
+The library is built on first use by src/cpu_kernels/build.py. Where that is not possible (no
+compiler) and for what the kernel does not cover (even kernels, strides above 2) the network keeps
+``nn.Conv2d`` (src/cpu_kernels/blocks.py, ``substitute_kernels``); exported models always use
+``nn.Conv2d``. The kernel's worker threads: one per core the process may use, or
+``$GOOGLENET_KERNEL_THREADS``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import numpy as np
 from mindspore import Parameter, Tensor
 from mindspore.common.initializer import TruncatedNormal
 
-from src.cpu_kernels.build import kernel_library, kernels_apply
+from src.cpu_kernels.build import kernels_apply
 from src.errors import UserError
 
 THREADS_VARIABLE = "GOOGLENET_KERNEL_THREADS"
@@ -154,16 +155,3 @@ def check_kernel_threads() -> None:
     if value and not (value.isdigit() and int(value) > 0):
         raise UserError(f"{THREADS_VARIABLE}={value!r}: expected a positive integer "
                         "(worker threads of the compiled convolution kernel)")
-
-
-def create_conv(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-                compiled: bool = False) -> nn.Conv2d:
-    """A 'same'-padded convolution without bias, weights drawn from TruncatedNormal(0.02): the compiled
-    kernel when asked for, available and applicable (odd kernel, stride 1, or 2 for inference only),
-    else nn.Conv2d."""
-    library = kernel_library("conv") if compiled and stride in (1, 2) and kernel_size % 2 == 1 else None
-    if library is not None:
-        check_kernel_threads()
-        return CompiledConv2d(in_channels, out_channels, kernel_size, library, stride=stride)
-    return nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, pad_mode="same", has_bias=False,
-                     weight_init=TruncatedNormal(0.02))

@@ -8,9 +8,9 @@ the gradient reaches the same inputs (same first-maximum rule for ties); where o
 send one input several contributions, their float32 sum may differ in the last bits, since the
 order of summation differs. No parameters: checkpoints move freely between the two.
 
-The library is built on first use by src/cpu_kernels/build.py. ``create_max_pool`` falls back to
-``nn.MaxPool2d`` where that is not possible (no compiler, a device other than CPU); exported models
-always use ``nn.MaxPool2d``.
+The library is built on first use by src/cpu_kernels/build.py. Where that is not possible (no
+compiler, a device other than CPU) the network keeps ``nn.MaxPool2d`` (src/cpu_kernels/blocks.py,
+``substitute_kernels``); exported models always use ``nn.MaxPool2d``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import mindspore.ops as ops
 from mindspore import Tensor
 from mindspore import dtype as mstype
 
-from src.cpu_kernels.build import kernel_library, kernels_apply
+from src.cpu_kernels.build import kernels_apply
 
 KERNEL_SHAPES = {(3, 1), (3, 2), (2, 2)}  # (kernel, stride) pairs the library exports
 
@@ -62,11 +62,3 @@ class CompiledMaxPool2d(nn.Cell):
 def compiled_max_pool_wanted(config) -> bool:
     """The config's ``compiled_max_pool`` where it applies: on CPU, in float32 (amp_level O0)."""
     return bool(config.compiled_max_pool) and kernels_apply(config)
-
-
-def create_max_pool(kernel_size: int, stride: int, compiled: bool = False) -> nn.Cell:
-    """A 'same'-padded max pool: the compiled kernel when asked for and available, else nn.MaxPool2d."""
-    library = kernel_library("max_pool") if compiled else None
-    if library is not None:
-        return CompiledMaxPool2d(kernel_size, stride, library)
-    return nn.MaxPool2d(kernel_size=kernel_size, stride=stride, pad_mode="same")

@@ -4,9 +4,8 @@ layer (src/cpu_kernels) where the config and the machine allow it."""
 from __future__ import annotations
 
 from src.checkpoint import load_weights
-from src.cpu_kernels import accelerate, fold_batchnorm
+from src.cpu_kernels import accelerate, fold_for_inference
 from src.googlenet import GoogleNet, create_model
-from src.logger import logger
 
 
 def create_model_from_config(config) -> GoogleNet:
@@ -18,13 +17,12 @@ def create_model_from_config(config) -> GoogleNet:
 
 def create_inference_model(config, checkpoint_path: str | None) -> GoogleNet:
     """The network eval.py, predict.py and the benchmark's inference run: built from the config,
-    weights from ``checkpoint_path`` (None: as initialised), BatchNorm folded if the config says so,
-    in evaluation mode."""
+    weights from ``checkpoint_path`` (None: as initialised), BatchNorm folded if the config says so
+    (and then, on CPU, channels-last on oneDNN: src/cpu_kernels), in evaluation mode."""
     net = create_model_from_config(config)
     if checkpoint_path is not None:
         load_weights(net, checkpoint_path)
     if config.fold_batchnorm:
-        fold_batchnorm(net)
-        logger.info("inference: BatchNorm folded into the convolutions")
+        fold_for_inference(net, config)
     net.set_train(False)
     return net

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 from mindspore import nn
 
+from src.checkpoint import load_weights
 from src.cpu_kernels import conv
 from src.cpu_kernels.blocks import KernelConv2dBlock, fold_batchnorm, folded_block
+from src.cpu_kernels.channels_last import ConvBiasReLUNhwc
 from src.googlenet import Conv2dBlock, create_model
 from src.model_utils.config import load_config
 from src.models import create_inference_model
@@ -94,8 +96,9 @@ def test_filters_packed_once_stay_with_their_cell(kernel_cache):
 
 @pytest.mark.parametrize("compiled", [False, True], ids=["mindspore", "kernel"])
 def test_the_folded_network_equals_the_network(kernel_cache, compiled, tmp_path):
-    """32x32 input, a checkpoint with trained-looking BatchNorm statistics, loaded as eval.py loads it:
-    the feature map before the classifier is the same with and without folding."""
+    """32x32 input, a checkpoint with trained-looking BatchNorm statistics: the feature map before the
+    classifier is the same with and without folding (the folded NCHW network; eval.py's, channels-last
+    on oneDNN, is tests/test_channels_last.py's)."""
     ms.set_context(mode=ms.GRAPH_MODE)
     source = kernel_model(10, conv=compiled)
     _trained_statistics(source, seed=3)
@@ -103,7 +106,9 @@ def test_the_folded_network_equals_the_network(kernel_cache, compiled, tmp_path)
     ms.save_checkpoint(source, str(checkpoint))
     overrides = [f"--config_path={CPU_CONFIG}", "--image_height=32", "--image_width=32", f"--compiled_conv={compiled}"]
     plain = create_inference_model(load_config([*overrides, "--fold_batchnorm=False"]), str(checkpoint))
-    folded = create_inference_model(load_config([*overrides, "--fold_batchnorm=True"]), str(checkpoint))
+    folded = kernel_model(10, conv=compiled)
+    load_weights(folded, checkpoint)
+    fold_batchnorm(folded).set_train(False)
     plain.include_top = folded.include_top = False
 
     cells = [cell for _, cell in folded.cells_and_names()]
@@ -127,8 +132,9 @@ def test_the_config_decides_and_the_log_says_so(kernel_cache, caplog):
     config = load_config([f"--config_path={CPU_CONFIG}"])
     with caplog.at_level("INFO", logger="googlenet"):
         net = create_inference_model(config, None)
-    assert isinstance(net.conv2, conv.ConvBiasReLU) and not net.training
+    assert isinstance(net.conv2, ConvBiasReLUNhwc) and not net.training  # folded, then channels-last
     assert "inference: BatchNorm folded into the convolutions" in caplog.text
+    assert "inference: channels-last convolutions and max pools on oneDNN" in caplog.text
     caplog.clear()
     config = load_config([f"--config_path={CPU_CONFIG}", "--fold_batchnorm=False"])
     with caplog.at_level("INFO", logger="googlenet"):

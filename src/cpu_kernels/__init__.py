@@ -5,12 +5,15 @@ Applied to a network built from plain MindSpore cells (src/googlenet.py), never 
 - ``accelerate(net, config)`` substitutes, after construction, the kernel forms of the max pools and
   the convolution blocks (convolution + BatchNorm + ReLU), with the same parameters under the same
   names, where the config allows them (CPU, float32, the ``compiled_*`` keys) and the kernels build;
-- ``fold_batchnorm(net)`` folds BatchNorm into the convolutions for inference;
+- ``fold_batchnorm(net)`` folds BatchNorm into the convolutions for inference, and
+  ``fold_for_inference(net, config)`` then, where ``compiled_conv`` applies, runs the folded network
+  channels-last, every convolution and max pool on oneDNN (MindSpore's own copy, ``channels_last.py``);
 - ``create_momentum(config, ...)`` is the optimizer the trainer asks for: the momentum update as one
   kernel call, or ``nn.Momentum``.
 
 Without a C++ compiler every part falls back to MindSpore's operators after one warning, with the
-same results. The kernels' sources are in ``kernels/``; ``build.py`` compiles them on first use.
+same results (the channels-last inference also without oneDNN's headers: it keeps the folded NCHW
+network). The kernels' sources are in ``kernels/``; ``build.py`` compiles them on first use.
 """
 
 from __future__ import annotations
@@ -18,14 +21,15 @@ from __future__ import annotations
 import mindspore.nn as nn
 
 from src.cpu_kernels.blocks import fold_batchnorm, substitute_kernels
-from src.cpu_kernels.build import kernels_apply
+from src.cpu_kernels.build import kernel_library, kernels_apply
+from src.cpu_kernels.channels_last import to_channels_last
 from src.cpu_kernels.conv import compiled_conv_wanted
 from src.cpu_kernels.max_pool import compiled_max_pool_wanted
 from src.cpu_kernels.optimizer import CompiledMomentum, compiled_optimizer_wanted
 from src.cpu_kernels.optimizer import create_momentum as _create_momentum
 from src.logger import logger
 
-__all__ = ["accelerate", "create_momentum", "fold_batchnorm", "kernels_apply"]
+__all__ = ["accelerate", "create_momentum", "fold_batchnorm", "fold_for_inference", "kernels_apply"]
 
 _LOG_LINES = {"max_pool": "max pooling: compiled CPU kernel %s",
               "conv": "stride-1 convolutions: compiled CPU kernel %s"}
@@ -36,6 +40,18 @@ def accelerate(net: nn.Cell, config) -> nn.Cell:
     libraries = substitute_kernels(net, max_pool=compiled_max_pool_wanted(config), conv=compiled_conv_wanted(config))
     for name, library in libraries.items():
         logger.info(_LOG_LINES[name], library)
+    return net
+
+
+def fold_for_inference(net: nn.Cell, config) -> nn.Cell:
+    """For inference only, in place: BatchNorm folded into the convolutions; then, where the config's
+    ``compiled_conv`` applies and the oneDNN kernel builds, the network channels-last on oneDNN (logged)."""
+    fold_batchnorm(net)
+    logger.info("inference: BatchNorm folded into the convolutions")
+    library = kernel_library("dnnl") if compiled_conv_wanted(config) else None
+    if library is not None:
+        to_channels_last(net, library)
+        logger.info("inference: channels-last convolutions and max pools on oneDNN, compiled CPU kernel %s", library)
     return net
 
 

@@ -42,12 +42,12 @@ class KernelConv2dBlock(nn.Cell):
         return self.bn(self.conv(x))
 
 
-def _replace_children(cell: nn.Cell, replace) -> None:
+def replace_children(cell: nn.Cell, replace) -> None:
     """Every descendant cell ``c`` of ``cell`` for which ``replace(c)`` is not None, replaced in place."""
     for name, child in list(cell.name_cells().items()):
         substitute = replace(child)
         if substitute is None:
-            _replace_children(child, replace)
+            replace_children(child, replace)
         elif isinstance(cell, nn.SequentialCell):
             cell[int(name)] = substitute
         else:
@@ -59,12 +59,12 @@ def _kernel_fits(conv: nn.Conv2d) -> bool:
     return conv.kernel_size[0] % 2 == 1 and conv.stride[0] in (1, 2)
 
 
-def _side(value) -> int:
+def window_side(value) -> int:
     """A square window's side, given as an int or a tuple."""
     return value if isinstance(value, int) else value[-1]
 
 
-def _restore_parameter_names(net: nn.Cell) -> None:
+def restore_parameter_names(net: nn.Cell) -> None:
     # Cells put in after construction know only their own attribute name: give every parameter its
     # full name again (the names checkpoints use; MindSpore wants them unique).
     for name, param in net.parameters_and_names():
@@ -79,7 +79,7 @@ def substitute_kernels(net: nn.Cell, max_pool: bool, conv: bool) -> dict[str, ob
 
     def replace(cell: nn.Cell) -> nn.Cell | None:
         if libraries["max_pool"] is not None and isinstance(cell, nn.MaxPool2d):
-            shape = (_side(cell.kernel_size), _side(cell.stride))
+            shape = (window_side(cell.kernel_size), window_side(cell.stride))
             return CompiledMaxPool2d(*shape, libraries["max_pool"]) if shape in KERNEL_SHAPES else None
         if libraries["conv"] is not None and isinstance(cell, Conv2dBlock) and _kernel_fits(cell.conv):
             return KernelConv2dBlock(cell, libraries["conv"], libraries["conv"])
@@ -87,8 +87,8 @@ def substitute_kernels(net: nn.Cell, max_pool: bool, conv: bool) -> dict[str, ob
 
     if libraries["conv"] is not None:
         check_kernel_threads()
-    _replace_children(net, replace)
-    _restore_parameter_names(net)
+    replace_children(net, replace)
+    restore_parameter_names(net)
     return {name: path for name, path in libraries.items() if path is not None}
 
 
@@ -108,7 +108,7 @@ def fold_batchnorm(net: nn.Cell) -> nn.Cell:
     (one operation fewer per convolution, and one kernel call on the kernel's planes). Call it after
     the weights are loaded and before the network's first call (graph mode compiles a cell once; a
     network already run keeps its compiled graph). The result cannot be trained. Returns ``net``."""
-    _replace_children(net, lambda cell: folded_block(cell) if isinstance(cell, (Conv2dBlock, KernelConv2dBlock))
+    replace_children(net, lambda cell: folded_block(cell) if isinstance(cell, (Conv2dBlock, KernelConv2dBlock))
                       else None)
-    _restore_parameter_names(net)
+    restore_parameter_names(net)
     return net

@@ -52,6 +52,11 @@ MAX_FOLDED_KERNEL_PLANE = 64
 _filter_tokens = itertools.count(1)
 
 
+def next_filter_token() -> int:
+    """A name for a filter in a kernel's cache of prepared filters, never given twice in a process."""
+    return next(_filter_tokens)
+
+
 def _first_type(first, *others):
     """The output dtype of the kernel's operations: that of their first input."""
     return first
@@ -123,10 +128,11 @@ class ConvBiasReLU(nn.Cell):
         self.conv2d = conv.conv2d
         self.bias_add = ops.BiasAdd()
         self.relu = ops.ReLU()
+        self.stride = conv.stride[0] if isinstance(conv.stride, tuple) else conv.stride
         self.fused = None
         self.max_kernel_plane = 0
         if isinstance(conv, CompiledConv2d):
-            self.filter_token = Parameter(Tensor(np.array([next(_filter_tokens)], np.int64)), name="filter_token",
+            self.filter_token = Parameter(Tensor(np.array([next_filter_token()], np.int64)), name="filter_token",
                                           requires_grad=False)
             stride = conv.kernel_stride
             self.max_kernel_plane = max(conv.max_kernel_plane, MAX_FOLDED_KERNEL_PLANE) if stride == 1 else sys.maxsize

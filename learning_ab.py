@@ -32,7 +32,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")  # Debian package dataset-fashion-mnist
 KERNELS_OFF = ["--compiled_conv=False", "--compiled_max_pool=False", "--compiled_optimizer=False",
-               "--fold_batchnorm=False"]
+               "--fold_batchnorm=False", "--channels_last=False"]
 PATHS = {"kernels": [], "stock": KERNELS_OFF}
 ACCURACY = re.compile(r"^accuracy: \{'acc': ([0-9.eE+-]+)\}", re.MULTILINE)
 

@@ -88,9 +88,10 @@ def test_a_max_pool_equals_mindspores(library, kernel, stride, size):
     np.testing.assert_array_equal(got, expected)
 
 
-def _inference_model(compiled: bool, checkpoint: Path, include_top: bool = True):
-    config = load_config([f"--config_path={CPU_CONFIG}", "--image_height=32", "--image_width=32",
-                          f"--compiled_conv={compiled}"])
+def _inference_model(channels_last_on: bool, checkpoint: Path, include_top: bool = True):
+    """eval.py's network: the CPU config's (all kernels), or folded on MindSpore's operators alone."""
+    off = [] if channels_last_on else ["--channels_last=False", "--compiled_conv=False", "--compiled_max_pool=False"]
+    config = load_config([f"--config_path={CPU_CONFIG}", "--image_height=32", "--image_width=32", *off])
     net = create_inference_model(config, str(checkpoint))
     net.include_top = include_top
     return net

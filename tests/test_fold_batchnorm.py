@@ -136,6 +136,11 @@ def test_the_config_decides_and_the_log_says_so(kernel_cache, caplog):
     assert "inference: BatchNorm folded into the convolutions" in caplog.text
     assert "inference: channels-last convolutions and max pools on oneDNN" in caplog.text
     caplog.clear()
+    config = load_config([f"--config_path={CPU_CONFIG}", "--channels_last=False"])
+    with caplog.at_level("INFO", logger="googlenet"):
+        net = create_inference_model(config, None)
+    assert isinstance(net.conv2, conv.ConvBiasReLU) and "channels-last" not in caplog.text
+    caplog.clear()
     config = load_config([f"--config_path={CPU_CONFIG}", "--fold_batchnorm=False"])
     with caplog.at_level("INFO", logger="googlenet"):
         net = create_inference_model(config, None)

@@ -6,7 +6,7 @@ Applied to a network built from plain MindSpore cells (src/googlenet.py), never 
   the convolution blocks (convolution + BatchNorm + ReLU), with the same parameters under the same
   names, where the config allows them (CPU, float32, the ``compiled_*`` keys) and the kernels build;
 - ``fold_batchnorm(net)`` folds BatchNorm into the convolutions for inference, and
-  ``fold_for_inference(net, config)`` then, where ``compiled_conv`` applies, runs the folded network
+  ``fold_for_inference(net, config)`` then, where ``channels_last`` applies, runs the folded network
   channels-last, every convolution and max pool on oneDNN (MindSpore's own copy, ``channels_last.py``);
 - ``create_momentum(config, ...)`` is the optimizer the trainer asks for: the momentum update as one
   kernel call, or ``nn.Momentum``.
@@ -45,10 +45,11 @@ def accelerate(net: nn.Cell, config) -> nn.Cell:
 
 def fold_for_inference(net: nn.Cell, config) -> nn.Cell:
     """For inference only, in place: BatchNorm folded into the convolutions; then, where the config's
-    ``compiled_conv`` applies and the oneDNN kernel builds, the network channels-last on oneDNN (logged)."""
+    ``channels_last`` applies (CPU, float32) and the oneDNN kernel builds, the network channels-last on
+    oneDNN (logged)."""
     fold_batchnorm(net)
     logger.info("inference: BatchNorm folded into the convolutions")
-    library = kernel_library("dnnl") if compiled_conv_wanted(config) else None
+    library = kernel_library("dnnl") if config.channels_last and kernels_apply(config) else None
     if library is not None:
         to_channels_last(net, library)
         logger.info("inference: channels-last convolutions and max pools on oneDNN, compiled CPU kernel %s", library)

@@ -58,6 +58,7 @@ SCHEMA: dict[str, Any] = {
     "compiled_max_pool": bool,
     "compiled_conv": bool,
     "fold_batchnorm": bool,
+    "channels_last": bool,
     # training
     "pre_trained": str,
     "epoch_size": int,

@@ -180,11 +180,24 @@ struct Reordered {
   dnnl_memory_t memory = nullptr;
 };
 
+constexpr int64_t kReorderedFilterValues = 1 << 26;  // bound on the filters kept (values of the originals)
+
 // The filter `w` of the cell named `token` in the layout of `p`: reordered on the first call and
-// whenever its values differ from those it was last reordered from.
+// whenever its values differ from those it was last reordered from. Past kReorderedFilterValues
+// (networks built and dropped in one process leave their filters behind) the cache starts over;
+// calls are serialised, so no call is using a filter then.
 dnnl_memory_t ReorderedFilter(int64_t token, const ConvKey &key, const float *w, const Primitive *p) {
   static std::map<std::pair<int64_t, ConvKey>, Reordered> cache;
+  static int64_t cached_values = 0;
   const int64_t values = key[4] * key[3] * key[5] * key[5];
+  if (cache.count({token, key}) == 0) {
+    if (cached_values + values > kReorderedFilterValues) {
+      for (auto &kept : cache) dnnl_memory_destroy(kept.second.memory);
+      cache.clear();
+      cached_values = 0;
+    }
+    cached_values += values;
+  }
   Reordered &entry = cache[{token, key}];
   if (entry.memory != nullptr && std::memcmp(entry.from.data(), w, values * sizeof(float)) == 0) return entry.memory;
   Context &context = Context::Get();

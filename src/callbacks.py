@@ -18,6 +18,7 @@ from src.metrics_log import MetricsLog
 from src.model_utils.device_adapter import Ranks
 from src.rank_debug import ParameterDump, debug_dir
 from src.resume import RunFiles
+from src.train_step import ema_weights
 
 BEST_METRIC_KEY = "best_metric"
 
@@ -134,7 +135,8 @@ def read_best_score(files: RunFiles, resumed_epoch: int) -> BestScore | None:
 
 
 class EpochEvaluator(Callback):
-    """Evaluate every ``interval`` epochs and after the last one; keep the best as ``<prefix>-best.ckpt``."""
+    """Evaluate every ``interval`` epochs and after the last one; keep the best as ``<prefix>-best.ckpt``.
+    A training network with an EMA is evaluated with its averaged weights (what eval.py will load)."""
 
     def __init__(self, model: ms.Model, dataset: ds.Dataset, dataset_name: str, interval: int, last_epoch: int,
                  files: RunFiles, metrics_log: MetricsLog | None, best: BestScore | None = None) -> None:
@@ -153,7 +155,8 @@ class EpochEvaluator(Callback):
         epoch = params.cur_epoch_num
         if not _due(epoch, self.interval, self.last_epoch):
             return
-        results, images = split_image_count(self.model.eval(self.dataset, dataset_sink_mode=False))
+        with ema_weights(params.train_network):
+            results, images = split_image_count(self.model.eval(self.dataset, dataset_sink_mode=False))
         value = float(results[self.metric])
         # The saved best score is float32: compare at that precision, so an equal score is no improvement.
         improved = self.best is None or np.float32(value) > np.float32(self.best.value)

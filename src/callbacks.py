@@ -18,7 +18,7 @@ from src.metrics_log import MetricsLog
 from src.model_utils.device_adapter import Ranks
 from src.rank_debug import ParameterDump, debug_dir
 from src.resume import RunFiles
-from src.train_step import ema_weights
+from src.train_step import EmaUpdate, ema_pairs, ema_weights
 
 BEST_METRIC_KEY = "best_metric"
 
@@ -86,6 +86,19 @@ class TrainMonitor(Callback):
             mean_loss = float(np.mean([np.mean(t.asnumpy()) for t in self.epoch_losses]))
             self.metrics_log.append("epoch", params.cur_epoch_num, step, loss=mean_loss, lr=self._lr(step),
                                     images_per_s=images / seconds, seconds=seconds)
+
+
+class EmaUpdater(Callback):
+    """The EMA update (src/train_step.py) after every optimizer update: every ``accumulation_steps`` batches."""
+
+    def __init__(self, train_network, accumulation_steps: int) -> None:
+        super().__init__()
+        self.update = EmaUpdate(train_network)
+        self.accumulation_steps = accumulation_steps
+
+    def on_train_step_end(self, run_context) -> None:
+        if global_step(run_context.original_args()) % self.accumulation_steps == 0:
+            self.update()
 
 
 def _due(epoch: int, every: int, last_epoch: int) -> bool:
@@ -174,15 +187,20 @@ class EpochEvaluator(Callback):
 
 def create_callbacks(config, ranks: Ranks, *, learning_rates, files: RunFiles, first_epoch: int, model: ms.Model,
                      eval_dataset: ds.Dataset | None) -> list[Callback]:
-    """Log lines on every rank; on the main rank also the metrics log, checkpoints and evaluation."""
+    """The EMA update and log lines on every rank; on the main rank also the metrics log, checkpoints and
+    evaluation."""
     images_per_step = config.batch_size * ranks.rank_size
+    ema: list[Callback] = []
+    if ema_pairs(model.train_network):
+        ema.append(EmaUpdater(model.train_network, config.grad_accumulation_steps))
     if not ranks.is_main:
-        callbacks: list[Callback] = [TrainMonitor(config.log_interval, images_per_step)]
+        callbacks: list[Callback] = [*ema, TrainMonitor(config.log_interval, images_per_step)]
     else:
         metrics_log = MetricsLog(files.metrics)
         metrics_log.start(first_epoch)
         logger.info("checkpoints and metrics go to %s/%s-*", files.directory.resolve(), files.prefix)
         callbacks = [
+            *ema,
             TrainMonitor(config.log_interval, images_per_step, learning_rates, metrics_log),
             CheckpointSaver(files, config.save_checkpoint_epochs, config.keep_checkpoint_max, config.epoch_size),
         ]

@@ -9,10 +9,12 @@ reduction) whose optimizer call is wrapped:
   cleared. With a mean loss this is the gradient of one batch N times larger.
 - ``clip_norm`` > 0: the gradients the optimizer receives are scaled down to that global L2 norm
   (of the unscaled gradients: the threshold is multiplied by the fixed loss scale they carry).
-- ``ema_decay`` d > 0: after every update, ``ema.<name> = decay * ema.<name> + (1 - decay) * <name>``
-  for every float parameter of the network (weights and BatchNorm statistics), with
-  ``decay = min(d, (1 + u) / (10 + u))`` after u updates so that early averages do not drag the
-  initial weights along. The averages are parameters of the training network, so checkpoints hold them.
+- ``ema_decay`` d > 0: the training network holds ``ema.<name>``, an average of every float parameter
+  of the network (weights and BatchNorm statistics), so checkpoints hold them. ``EmaUpdate``, run after
+  every update (``src.callbacks.EmaUpdater``), sets ``ema.<name> = decay * ema.<name> + (1 - decay) * <name>``
+  with ``decay = min(d, (1 + u) / (10 + u))`` after u updates, so that early averages do not drag the
+  initial weights along. It is a graph of its own: the compiled optimizer writes the parameters in place
+  without the training graph knowing, so a read of them later in that graph may see the old values.
 
 The optimizer is whatever ``create_optimizer`` built (the compiled CPU kernel or ``nn.Momentum``); its
 ``global_step`` counts updates, not batches.
@@ -83,18 +85,12 @@ class RecipeTrainStep(nn.TrainOneStepCell):
             self.averaged = ParameterTuple(values)
             self.averages = ParameterTuple(
                 Parameter(p.data.copy(), name=EMA_PREFIX + p.name, requires_grad=False) for p in values)
-            self.ema_decay = Tensor(ema_decay, ms.float32)
-            self.ema_warmup = Tensor(_EMA_WARMUP, ms.float32)
+            self.ema_decay = ema_decay
 
     def _update(self, grads):
         if self.clip:
             grads = ops.clip_by_global_norm(grads, self.clip_norm)
-        done = self.optimizer(grads)
-        if self.ema:
-            updates = ops.cast(ops.depend(self.optimizer.global_step, done), ms.float32).reshape(())
-            decay = ops.minimum(self.ema_decay, (1 + updates) / (self.ema_warmup + updates))
-            done = ops.depend(done, self.hyper_map(ops.partial(_ema_update, decay), self.averages, self.averaged))
-        return done
+        return self.optimizer(grads)
 
     def construct(self, *inputs):
         loss = self.network(*inputs)
@@ -110,6 +106,25 @@ class RecipeTrainStep(nn.TrainOneStepCell):
             done = self._update(mean)
             loss = ops.depend(loss, self.hyper_map(_clear, ops.depend(self.accumulated, done)))
         return loss
+
+
+class EmaUpdate(nn.Cell):
+    """One EMA update of a RecipeTrainStep's averages from its network's current parameters, the decay
+    warmed up by the optimizer's update count; call it after each update."""
+
+    def __init__(self, step: RecipeTrainStep) -> None:
+        super().__init__(auto_prefix=False)
+        self.averages = step.averages
+        self.averaged = step.averaged
+        self.global_step = step.optimizer.global_step
+        self.decay = Tensor(step.ema_decay, ms.float32)
+        self.warmup = Tensor(_EMA_WARMUP, ms.float32)
+        self.hyper_map = ops.HyperMap()
+
+    def construct(self):
+        updates = ops.cast(self.global_step, ms.float32).reshape(())
+        decay = ops.minimum(self.decay, (1 + updates) / (self.warmup + updates))
+        return self.hyper_map(ops.partial(_ema_update, decay), self.averages, self.averaged)
 
 
 def needs_recipe_step(config) -> bool:

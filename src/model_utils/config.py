@@ -322,6 +322,10 @@ def _validate(key: str, value: Any, choices: dict, source: str) -> None:
 
 def _check_combinations(values: dict[str, Any], sources: dict[str, str]) -> None:
     """Keys that are valid alone but not together."""
+    if values["ema_decay"] > 0 and values["dataset_sink_mode"]:
+        raise ConfigError(f"ema_decay={_format(values['ema_decay'])} ({sources['ema_decay']}) needs "
+                          "dataset_sink_mode=False (the average is updated after every step); expected "
+                          "dataset_sink_mode=False or ema_decay=0")
     if values["is_dynamic_loss_scale"]:
         for key, off in (("ema_decay", 0.0), ("clip_grad_norm", 0.0), ("grad_accumulation_steps", 1)):
             if values[key] != off:

@@ -63,8 +63,8 @@ def averaged_parameters(network: nn.Cell) -> list[Parameter]:
 
 class RecipeTrainStep(nn.TrainOneStepCell):
     """One training step: loss and gradients of ``network`` (a loss cell), reduced across ranks, then
-    accumulation, clipping, the optimizer update and the EMA update as configured (module docstring).
-    ``averaged`` is the network whose parameters the EMA follows (None: no EMA)."""
+    accumulation, clipping and the optimizer update as configured (module docstring). With ``ema_decay``
+    it holds the averages of ``averaged``'s parameters, which ``EmaUpdate`` updates."""
 
     def __init__(self, network: nn.Cell, optimizer: nn.Optimizer, sens: float = 1.0, *, accumulation_steps: int = 1,
                  clip_norm: float = 0.0, ema_decay: float = 0.0, averaged: nn.Cell | None = None) -> None:

@@ -57,6 +57,16 @@ def test_mixed_labels_are_convex_mixes_of_two_one_hots(cifar_dir, mixup, cutmix)
     assert mixed_rows > 16, "the labels were hardly mixed"
 
 
+def test_imagenet_pipeline_mixes_and_erases_too(image_tree):
+    data = create_dataset("imagenet", image_tree / "train", training=True, batch_size=8, image_size=(32, 32),
+                          num_classes=4, augmentation=Augmentation(random_erasing=1.0, mixup_alpha=0.4,
+                                                                   cutmix_alpha=1.0, seed=2))
+    for images, labels in data.create_tuple_iterator(num_epochs=1, output_numpy=True):
+        assert images.shape == (8, 3, 32, 32) and labels.shape == (8, 4) and labels.dtype == np.float32
+        np.testing.assert_allclose(labels.sum(axis=1), 1.0, atol=1e-6)
+        assert ((labels > 0).sum(axis=1) <= 2).all()
+
+
 @pytest.mark.parametrize("mixup, cutmix", [(0.4, 0.0), (0.0, 1.0), (0.4, 1.0)], ids=["mixup", "cutmix", "both"])
 def test_label_weights_are_the_shares_of_each_image_in_the_mix(mixup, cutmix):
     """Images filled with (class + 1): after mixing, an image's mean value is the label-weighted mean of the

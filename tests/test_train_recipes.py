@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 
 import mindspore as ms
 import numpy as np
@@ -126,10 +127,12 @@ def test_a_checkpoint_without_averages_starts_them_at_its_weights(recipe_run, tm
         np.testing.assert_array_equal(average.asnumpy(), stored[average.name[4:]].asnumpy())
 
 
-def test_training_resumes_with_the_recipes(recipe_run):
+def test_training_resumes_with_the_recipes(recipe_run, tmp_path):
+    folder = tmp_path / "ckpt"
+    shutil.copytree(recipe_run.checkpoint.parent, folder)
     result = run_script("train.py", *SMALL_CIFAR, *RECIPE_FLAGS, f"--train_data_path={recipe_run.data_dir}",
-                        "--epoch_size=3", "--resume=auto", cwd=recipe_run.workdir)
+                        "--epoch_size=3", "--resume=auto", f"--ckpt_save_dir={folder}", cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "continuing at epoch 3" in result.stdout + result.stderr
-    stored = read_checkpoint(recipe_run.checkpoint.parent / f"train_googlenet_cifar10-3_{BATCHES}.ckpt")
+    stored = read_checkpoint(folder / f"train_googlenet_cifar10-3_{BATCHES}.ckpt")
     assert int(stored["global_step"].asnumpy()[0]) == 3 * UPDATES

@@ -122,9 +122,10 @@ def _run(command: list[str], what: str, cwd: Path, timeout: float) -> str:
 
 
 def train_and_evaluate(path: str, seed: int, data: Path, output: Path, common: list[str],
-                       timeout: float = 7200) -> Run:
-    """Train one run of ``path`` with ``seed`` into ``output``, evaluate its last checkpoint."""
-    flags = [*common, *PATHS[path], f"--seed={seed}"]
+                       timeout: float = 7200, options: list[str] | None = None) -> Run:
+    """Train one run of ``path`` (its flags: ``options``, by default those of PATHS) with ``seed`` into
+    ``output``, evaluate its last checkpoint."""
+    flags = [*common, *(PATHS[path] if options is None else options), f"--seed={seed}"]
     run_dir = output / f"{path}_seed{seed}"
     run_dir.mkdir(parents=True, exist_ok=True)
     _run([sys.executable, str(REPO / "train.py"), *flags, f"--train_data_path={data}", "--log_interval=1",

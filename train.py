@@ -11,6 +11,7 @@ num_classes fine-tunes; ``--eval_interval=N`` evaluates every N epochs and keeps
 from __future__ import annotations
 
 import mindspore as ms
+import numpy as np
 
 from src.atomic_io import prepare_output_folder
 from src.callbacks import create_callbacks
@@ -28,7 +29,7 @@ from src.model_utils.moxing_adapter import moxing_wrapper
 from src.models import create_model_from_config
 from src.resources import batch_must_fit
 from src.resume import find_resume_point, restore_training_state, run_files, skip_trained_epochs
-from src.trainer import checkpoint_prefix, create_train_model
+from src.trainer import checkpoint_prefix, create_train_model, whole_updates
 
 
 @moxing_wrapper
@@ -42,10 +43,12 @@ def main() -> None:
     ms.set_seed(config.seed)
 
     dataset = create_dataset_from_config(config, training=True, rank_id=ranks.rank_id, rank_size=ranks.rank_size)
-    steps_per_epoch = dataset.get_dataset_size()
-    if steps_per_epoch == 0:
+    if dataset.get_dataset_size() == 0:
         raise UserError(f"{config.train_data_path}: fewer images than one batch "
                         f"(batch_size={config.batch_size} on each of {ranks.rank_size} ranks)")
+    accumulation = config.grad_accumulation_steps
+    dataset = whole_updates(dataset, accumulation)
+    steps_per_epoch = dataset.get_dataset_size()
     logger.info("rank %d/%d: %d steps per epoch of %d images", ranks.rank_id, ranks.rank_size,
                 steps_per_epoch, config.batch_size)
     resume = find_resume_point(config.resume, config.ckpt_save_dir, checkpoint_prefix(config.dataset_name))
@@ -55,11 +58,13 @@ def main() -> None:
         load_pretrained(net, config.pre_trained)
     if config.freeze_backbone:
         freeze_backbone(net)
-    learning_rates = create_lr_schedule(config, steps_per_epoch)
+    # One learning rate per optimizer update; the log and the metrics count batches.
+    update_rates = create_lr_schedule(config, steps_per_epoch // accumulation)
+    learning_rates = np.repeat(update_rates, accumulation)
     evaluating = ranks.is_main and config.eval_interval > 0
     eval_dataset = create_dataset_from_config(config, training=False) if evaluating else None
     metrics = create_eval_metrics(config.dataset_name, config.num_classes) if evaluating else None
-    model = create_train_model(config, net, learning_rates, metrics=metrics)
+    model = create_train_model(config, net, update_rates, metrics=metrics)
 
     first_epoch = 0
     if resume is not None:

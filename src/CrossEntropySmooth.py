@@ -10,7 +10,10 @@ from mindspore import Tensor
 
 class CrossEntropySmooth(nn.LossBase):
     """Cross entropy against smoothed one-hot targets: 1 - factor on the true class,
-    factor / (num_classes - 1) on each other class. ``smooth_factor=0`` is plain cross entropy."""
+    factor / (num_classes - 1) on each other class. ``smooth_factor=0`` is plain cross entropy.
+
+    Labels are class indices (N,) or soft labels (N, num_classes) summing to 1 per row (mixup, cutmix);
+    soft labels are smoothed by the same affine map as one-hot rows, so the targets still sum to 1."""
 
     def __init__(self, num_classes: int, smooth_factor: float = 0.0, reduction: str = "mean") -> None:
         super().__init__()
@@ -21,7 +24,10 @@ class CrossEntropySmooth(nn.LossBase):
         self.ce = nn.SoftmaxCrossEntropyWithLogits(reduction=reduction)
 
     def construct(self, logits: Tensor, label: Tensor) -> Tensor:
-        target = self.onehot(label, self.num_classes, self.on_value, self.off_value)
+        if label.ndim == 1:
+            target = self.onehot(label, self.num_classes, self.on_value, self.off_value)
+        else:
+            target = label * (self.on_value - self.off_value) + self.off_value
         return self.ce(logits, target)
 
 

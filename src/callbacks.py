@@ -18,6 +18,7 @@ from src.metrics_log import MetricsLog
 from src.model_utils.device_adapter import Ranks
 from src.rank_debug import ParameterDump, debug_dir
 from src.resume import RunFiles
+from src.train_step import EmaUpdate, ema_pairs, ema_weights
 
 BEST_METRIC_KEY = "best_metric"
 
@@ -87,6 +88,19 @@ class TrainMonitor(Callback):
                                     images_per_s=images / seconds, seconds=seconds)
 
 
+class EmaUpdater(Callback):
+    """The EMA update (src/train_step.py) after every optimizer update: every ``accumulation_steps`` batches."""
+
+    def __init__(self, train_network, accumulation_steps: int) -> None:
+        super().__init__()
+        self.update = EmaUpdate(train_network)
+        self.accumulation_steps = accumulation_steps
+
+    def on_train_step_end(self, run_context) -> None:
+        if global_step(run_context.original_args()) % self.accumulation_steps == 0:
+            self.update()
+
+
 def _due(epoch: int, every: int, last_epoch: int) -> bool:
     return epoch % every == 0 or epoch == last_epoch
 
@@ -134,7 +148,8 @@ def read_best_score(files: RunFiles, resumed_epoch: int) -> BestScore | None:
 
 
 class EpochEvaluator(Callback):
-    """Evaluate every ``interval`` epochs and after the last one; keep the best as ``<prefix>-best.ckpt``."""
+    """Evaluate every ``interval`` epochs and after the last one; keep the best as ``<prefix>-best.ckpt``.
+    A training network with an EMA is evaluated with its averaged weights (what eval.py will load)."""
 
     def __init__(self, model: ms.Model, dataset: ds.Dataset, dataset_name: str, interval: int, last_epoch: int,
                  files: RunFiles, metrics_log: MetricsLog | None, best: BestScore | None = None) -> None:
@@ -153,7 +168,8 @@ class EpochEvaluator(Callback):
         epoch = params.cur_epoch_num
         if not _due(epoch, self.interval, self.last_epoch):
             return
-        results, images = split_image_count(self.model.eval(self.dataset, dataset_sink_mode=False))
+        with ema_weights(params.train_network):
+            results, images = split_image_count(self.model.eval(self.dataset, dataset_sink_mode=False))
         value = float(results[self.metric])
         # The saved best score is float32: compare at that precision, so an equal score is no improvement.
         improved = self.best is None or np.float32(value) > np.float32(self.best.value)
@@ -171,15 +187,20 @@ class EpochEvaluator(Callback):
 
 def create_callbacks(config, ranks: Ranks, *, learning_rates, files: RunFiles, first_epoch: int, model: ms.Model,
                      eval_dataset: ds.Dataset | None) -> list[Callback]:
-    """Log lines on every rank; on the main rank also the metrics log, checkpoints and evaluation."""
+    """The EMA update and log lines on every rank; on the main rank also the metrics log, checkpoints and
+    evaluation."""
     images_per_step = config.batch_size * ranks.rank_size
+    ema: list[Callback] = []
+    if ema_pairs(model.train_network):
+        ema.append(EmaUpdater(model.train_network, config.grad_accumulation_steps))
     if not ranks.is_main:
-        callbacks: list[Callback] = [TrainMonitor(config.log_interval, images_per_step)]
+        callbacks: list[Callback] = [*ema, TrainMonitor(config.log_interval, images_per_step)]
     else:
         metrics_log = MetricsLog(files.metrics)
         metrics_log.start(first_epoch)
         logger.info("checkpoints and metrics go to %s/%s-*", files.directory.resolve(), files.prefix)
         callbacks = [
+            *ema,
             TrainMonitor(config.log_interval, images_per_step, learning_rates, metrics_log),
             CheckpointSaver(files, config.save_checkpoint_epochs, config.keep_checkpoint_max, config.epoch_size),
         ]

@@ -66,6 +66,23 @@ def read_checkpoint(path: str | Path) -> dict:
     return upstream_names(stored, path)
 
 
+# The averaged weights of a run with ema_decay (src/train_step.py): ``ema.<parameter name>``.
+EMA_PREFIX = "ema."
+
+
+def prefer_ema_weights(stored: dict, path: str | Path = "") -> dict:
+    """``stored`` with every parameter that has an EMA average (``ema.<name>``) replaced by it: the
+    weights inference and fine-tuning use (one info line when the checkpoint has averages)."""
+    averages = {name[len(EMA_PREFIX):]: value for name, value in stored.items() if name.startswith(EMA_PREFIX)}
+    if not averages:
+        return stored
+    logger.info("checkpoint %s: using the EMA weights (%d averaged parameters)", path, len(averages))
+    chosen = dict(stored)
+    for name, value in averages.items():
+        chosen[name] = ms.Parameter(ms.Tensor(value.asnumpy()), name=name)
+    return chosen
+
+
 def save_checkpoint_file(network: nn.Cell, path: str | Path, extra: dict | None = None) -> Path:
     """Write the parameters of ``network`` (and ``extra`` scalars such as epoch_num) to ``path``.
 
@@ -96,12 +113,12 @@ def _load(net: nn.Cell, stored: dict, path: str | Path) -> None:
 
 
 def load_weights(net: nn.Cell, path: str | Path) -> None:
-    """Load every parameter of ``net`` from the checkpoint at ``path``.
+    """Load every parameter of ``net`` from the checkpoint at ``path`` (its EMA weights where it has them).
 
     All network parameters must be present with the network's shapes (``OPTIONAL_STATE`` may be
     missing); extra entries (optimizer state, step counters) are ignored.
     """
-    stored = read_checkpoint(path)
+    stored = prefer_ema_weights(read_checkpoint(path), path)
     for param in net.get_parameters():
         problem = shape_problem(param, stored)
         if problem == "missing" and param.name in OPTIONAL_STATE:
@@ -118,9 +135,10 @@ def load_pretrained(net: nn.Cell, path: str | Path) -> list[str]:
     """Initialise ``net`` from ``path`` for fine-tuning; returns the names that kept their initialisation.
 
     Classifier parameters that are missing or have another shape (a checkpoint trained with
-    another num_classes) keep their fresh initialisation; every other parameter must load.
+    another num_classes) keep their fresh initialisation; every other parameter must load. A checkpoint
+    with EMA weights gives those.
     """
-    stored = read_checkpoint(path)
+    stored = prefer_ema_weights(read_checkpoint(path), path)
     skipped: dict[str, str] = {}
     for param in net.get_parameters():
         problem = shape_problem(param, stored)

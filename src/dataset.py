@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import mindspore as ms
@@ -18,6 +19,7 @@ import mindspore.dataset.transforms as T
 import mindspore.dataset.vision as V
 import numpy as np
 
+from src.augment import auto_augment_ops, batch_mixing_op, one_hot_ops, random_erasing_ops
 from src.errors import UserError
 from src.logger import logger
 from src.rank_debug import record_samples
@@ -134,20 +136,26 @@ def _normalize(mean: Sequence[float], std: Sequence[float]) -> V.Normalize:
     return V.Normalize(mean=[255 * m for m in mean], std=[255 * s for s in std])
 
 
-def train_transforms(dataset_name: str, *, image_size: tuple[int, int]) -> list:
+def train_transforms(dataset_name: str, *, image_size: tuple[int, int], auto_augment: str = "none",
+                     random_erasing: float = 0.0) -> list:
     """Augmentation + normalisation for training; CIFAR ops take decoded HWC uint8 images,
-    ImageNet ops take encoded JPEG bytes."""
+    ImageNet ops take encoded JPEG bytes. ``auto_augment`` (src/augment.py) runs after the flip (for
+    ImageNet in place of the colour jitter, as the policies hold colour operations of their own);
+    ``random_erasing`` is RandomErasing's probability on the normalised CHW tensor."""
+    policy = auto_augment_ops(auto_augment)
+    erasing = random_erasing_ops(random_erasing)
     if dataset_name == "cifar10":
-        ops = [V.RandomCrop((32, 32), (4, 4, 4, 4)), V.RandomHorizontalFlip()]
+        ops = [V.RandomCrop((32, 32), (4, 4, 4, 4)), V.RandomHorizontalFlip(), *policy]
         if tuple(image_size) != (32, 32):
             ops.append(V.Resize(image_size))
-        return ops + [_normalize(CIFAR_MEAN, CIFAR_STD), V.HWC2CHW()]
+        return ops + [_normalize(CIFAR_MEAN, CIFAR_STD), V.HWC2CHW(), *erasing]
     return [
         V.RandomCropDecodeResize(image_size, scale=(0.08, 1.0), ratio=(0.75, 1.333)),
         V.RandomHorizontalFlip(prob=0.5),
-        V.RandomColorAdjust(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1),
+        *(policy or [V.RandomColorAdjust(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1)]),
         _normalize(IMAGENET_MEAN, IMAGENET_STD),
         V.HWC2CHW(),
+        *erasing,
     ]
 
 
@@ -181,14 +189,35 @@ def _image_folder(data_dir: str | Path) -> Path:
     return path
 
 
+@dataclass(frozen=True)
+class Augmentation:
+    """The training options beyond crop and flip (src/augment.py); the default is upstream's pipeline."""
+
+    auto_augment: str = "none"
+    random_erasing: float = 0.0
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    mixup_switch_prob: float = 0.5
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, config, rank_id: int = 0) -> Augmentation:
+        return cls(config.auto_augment, config.random_erasing, config.mixup_alpha, config.cutmix_alpha,
+                   config.mixup_switch_prob, config.seed + rank_id)
+
+
 def create_dataset(dataset_name: str, data_dir: str | Path, *, training: bool, batch_size: int,
                    image_size: tuple[int, int], num_parallel_workers: int = 2, num_classes: int | None = None,
-                   rank_id: int = 0, rank_size: int = 1, shuffle: bool | None = None) -> ds.Dataset:
-    """Batched (image float32 NCHW, label int32) pipeline for ``dataset_name`` in {cifar10, imagenet}.
+                   rank_id: int = 0, rank_size: int = 1, shuffle: bool | None = None,
+                   augmentation: Augmentation | None = None) -> ds.Dataset:
+    """Batched (image float32 NCHW, label) pipeline for ``dataset_name`` in {cifar10, imagenet}.
 
     Training batches drop the last partial batch; evaluation keeps every image. ``rank_size`` > 1
-    reads the ``rank_id``-th of ``rank_size`` disjoint shards.
+    reads the ``rank_id``-th of ``rank_size`` disjoint shards. Labels are int32 class indices, except
+    in training with mixup or cutmix (``augmentation``, training only): then float32 rows of
+    ``num_classes`` class weights summing to 1.
     """
+    augmentation = augmentation if training and augmentation is not None else Augmentation()
     shuffle = training if shuffle is None else shuffle
     shard = {"num_shards": rank_size, "shard_id": rank_id} if rank_size > 1 else {}
     if dataset_name == "cifar10":
@@ -203,16 +232,27 @@ def create_dataset(dataset_name: str, data_dir: str | Path, *, training: bool, b
     else:
         raise UserError(f"unknown dataset_name '{dataset_name}'; expected one of: cifar10, imagenet")
 
-    make_transforms = train_transforms if training else eval_transforms
-    data = data.map(make_transforms(dataset_name, image_size=image_size), input_columns="image",
-                    num_parallel_workers=num_parallel_workers)
+    if training:
+        transforms = train_transforms(dataset_name, image_size=image_size, auto_augment=augmentation.auto_augment,
+                                      random_erasing=augmentation.random_erasing)
+    else:
+        transforms = eval_transforms(dataset_name, image_size=image_size)
+    data = data.map(transforms, input_columns="image", num_parallel_workers=num_parallel_workers)
     data = data.map(T.TypeCast(ms.int32), input_columns="label", num_parallel_workers=1)
-    return data.batch(batch_size, drop_remainder=training)
+    data = data.batch(batch_size, drop_remainder=training)
+    mixing = batch_mixing_op(augmentation.mixup_alpha, augmentation.cutmix_alpha, augmentation.mixup_switch_prob,
+                             augmentation.seed)
+    if mixing is None:
+        return data
+    if num_classes is None:
+        raise ValueError("mixup / cutmix need num_classes for the one-hot labels")
+    data = data.map(one_hot_ops(num_classes), input_columns="label", num_parallel_workers=1)
+    return data.map(mixing, input_columns=["image", "label"], num_parallel_workers=1)
 
 
 def create_dataset_from_config(config, *, training: bool, rank_id: int = 0, rank_size: int = 1,
                                batch_size: int | None = None) -> ds.Dataset:
-    """``create_dataset`` with the data keys of a loaded config."""
+    """``create_dataset`` with the data keys of a loaded config (and its augmentation keys in training)."""
     return create_dataset(
         config.dataset_name,
         config.train_data_path if training else config.val_data_path,
@@ -223,4 +263,5 @@ def create_dataset_from_config(config, *, training: bool, rank_id: int = 0, rank
         num_classes=config.num_classes,
         rank_id=rank_id,
         rank_size=rank_size,
+        augmentation=Augmentation.from_config(config, rank_id) if training else None,
     )

@@ -20,13 +20,16 @@ import mindspore as ms
 import mindspore.dataset as ds
 import mindspore.nn as nn
 
-from src.checkpoint import EPOCH_CHECKPOINT, OPTIONAL_STATE, read_checkpoint, shape_problem
+from src.checkpoint import EMA_PREFIX, EPOCH_CHECKPOINT, OPTIONAL_STATE, read_checkpoint, shape_problem
 from src.errors import UserError
 from src.logger import logger
 
 AUTO = "auto"
 # Optimizer hyper-parameters stored in a checkpoint; a resumed run takes them from its config.
 _FROM_CONFIG = re.compile(r"^(learning_rate.*|momentum)$")
+# Gradient accumulation's buffers: empty at every epoch end (each epoch has whole updates), so a
+# checkpoint without them (one of a run without accumulation) resumes with this run's zeros.
+_ACCUMULATION_STATE = re.compile(r"^(accumulated\..*|accumulation_step)$")
 
 
 @dataclass(frozen=True)
@@ -151,6 +154,13 @@ def restore_training_state(train_network: nn.Cell, point: ResumePoint, steps_per
             state[param.name] = param.copy()  # keep this run's value
             continue
         problem = shape_problem(param, state)
+        if problem == "missing" and _ACCUMULATION_STATE.match(param.name):
+            state[param.name] = param.copy()
+            continue
+        if problem == "missing" and param.name.startswith(EMA_PREFIX) and param.name[len(EMA_PREFIX):] in state:
+            # A run that starts averaging here (its checkpoint had no EMA): the average starts at the weights.
+            state[param.name] = ms.Parameter(ms.Tensor(state[param.name[len(EMA_PREFIX):]].asnumpy()), name=param.name)
+            continue
         if problem == "missing" and param.name in OPTIONAL_STATE:
             # A checkpoint from before the counter existed: continue it where an uninterrupted run stands.
             state[param.name] = ms.Parameter(ms.Tensor([step], param.dtype), name=param.name)

@@ -3,18 +3,38 @@
 from __future__ import annotations
 
 import mindspore as ms
+import mindspore.dataset as ds
 import mindspore.nn as nn
 import numpy as np
 from mindspore.train import DynamicLossScaleManager, FixedLossScaleManager
 
 from src.cpu_kernels import create_momentum
 from src.CrossEntropySmooth import create_loss
+from src.errors import UserError
 from src.finetune import is_head_parameter
+from src.logger import logger
+from src.train_step import RecipeTrainStep, needs_recipe_step
 
 
 def checkpoint_prefix(dataset_name: str) -> str:
     """Checkpoint files are ``<prefix>-<epoch>_<step>.ckpt``."""
     return f"train_googlenet_{dataset_name}"
+
+
+def whole_updates(dataset: ds.Dataset, accumulation_steps: int) -> ds.Dataset:
+    """``dataset`` cut to a whole number of ``accumulation_steps`` batches per epoch (an update never
+    spans two epochs, so every epoch-end checkpoint is taken between updates)."""
+    batches = dataset.get_dataset_size()
+    if accumulation_steps == 1:
+        return dataset
+    if batches < accumulation_steps:
+        raise UserError(f"grad_accumulation_steps={accumulation_steps} is more than the {batches} batches of an "
+                        "epoch; lower it or batch_size")
+    used = batches - batches % accumulation_steps
+    logger.info("gradient accumulation: %d updates of %d batches per epoch%s", used // accumulation_steps,
+                accumulation_steps, f" (the last {batches - used} batches of each epoch unused)" if used < batches
+                else "")
+    return dataset.take(used) if used < batches else dataset
 
 
 def _is_no_decay(param: ms.Parameter) -> bool:
@@ -57,9 +77,30 @@ def create_loss_scale_manager(config):
     return FixedLossScaleManager(config.loss_scale, drop_overflow_update=False)
 
 
+class _RecipeModel(ms.Model):
+    """``ms.Model`` whose training step is ``RecipeTrainStep``: the Model builds its usual step (AMP,
+    loss cell, fixed loss scale), whose loss cell and optimizer the recipe step then takes over."""
+
+    def __init__(self, net: nn.Cell, *, accumulation_steps: int, clip_norm: float, ema_decay: float,
+                 **kwargs) -> None:
+        self._recipe = {"accumulation_steps": accumulation_steps, "clip_norm": clip_norm, "ema_decay": ema_decay,
+                        "averaged": net}
+        super().__init__(net, **kwargs)
+
+    def _build_train_network(self):
+        step = super()._build_train_network()
+        return RecipeTrainStep(step.network, step.optimizer, step.sens, **self._recipe).set_train()
+
+
 def create_train_model(config, net: nn.Cell, learning_rate: np.ndarray, metrics: dict | None = None) -> ms.Model:
     """The Model train.py runs: loss, optimiser, AMP level and loss scaling from the config;
-    ``metrics`` (for evaluation during training) builds its evaluation network too."""
-    return ms.Model(net, loss_fn=create_loss(config), optimizer=create_optimizer(config, net, learning_rate),
-                    metrics=metrics, amp_level=config.amp_level,
-                    loss_scale_manager=create_loss_scale_manager(config))
+    ``metrics`` (for evaluation during training) builds its evaluation network too. With
+    ema_decay, clip_grad_norm or grad_accumulation_steps its training step is ``RecipeTrainStep``
+    (``learning_rate`` then has one entry per optimizer update)."""
+    kwargs = {"loss_fn": create_loss(config), "optimizer": create_optimizer(config, net, learning_rate),
+              "metrics": metrics, "amp_level": config.amp_level,
+              "loss_scale_manager": create_loss_scale_manager(config)}
+    if not needs_recipe_step(config):
+        return ms.Model(net, **kwargs)
+    return _RecipeModel(net, accumulation_steps=config.grad_accumulation_steps, clip_norm=config.clip_grad_norm,
+                        ema_decay=config.ema_decay, **kwargs)

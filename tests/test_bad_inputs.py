@@ -371,7 +371,7 @@ def test_corpus_covers_every_entry_point():
     """At least 25 cases, and every entry point of the repository has some."""
     commands = {case.command for case in CASES}
     # developer tools and the hub entry (a library call, not a command), tested on their own
-    tools = {"benchmark.py", "learning_ab.py", "setup.py", "mindspore_hub_conf.py"}
+    tools = {"benchmark.py", "learning_ab.py", "recipes_ab.py", "setup.py", "mindspore_hub_conf.py"}
     entry_points = {path.name for path in REPO.glob("*.py") if path.name not in tools}
     scripts = {f"scripts/{path.name}" for path in (REPO / "scripts").glob("run_*.sh")}
     assert len(CASES) >= 25

@@ -15,8 +15,28 @@ from tests.conftest import CPU_CONFIG, REPO, assert_user_error, run_script
 SHIPPED = sorted(REPO.glob("*_config*.yaml"))
 
 
-def test_three_configs_are_shipped():
-    assert [p.name for p in SHIPPED] == ["cifar10_config.yaml", "cifar10_config_cpu.yaml", "imagenet_config.yaml"]
+def test_four_configs_are_shipped():
+    assert [p.name for p in SHIPPED] == ["cifar10_config.yaml", "cifar10_config_cpu.yaml", "cifar10_config_plus.yaml",
+                                         "imagenet_config.yaml"]
+
+
+RECIPES_OFF = {"auto_augment": "none", "random_erasing": 0.0, "mixup_alpha": 0.0, "cutmix_alpha": 0.0,
+               "ema_decay": 0.0, "clip_grad_norm": 0.0, "grad_accumulation_steps": 1}
+
+
+@pytest.mark.parametrize("name", ["cifar10_config.yaml", "cifar10_config_cpu.yaml", "imagenet_config.yaml"])
+def test_recipes_are_off_in_the_upstream_equivalent_configs(name):
+    config = load_config([f"--config_path={REPO / name}"])
+    assert {key: getattr(config, key) for key in RECIPES_OFF} == RECIPES_OFF
+
+
+def test_the_recipe_config_is_the_accelerator_config_with_recipes_on():
+    plain = load_config([f"--config_path={REPO / 'cifar10_config.yaml'}"]).to_dict()
+    plus = load_config([f"--config_path={REPO / 'cifar10_config_plus.yaml'}"]).to_dict()
+    changed = {key for key in plain if plain[key] != plus[key]}
+    assert changed == {"epoch_size", "lr_scheduler", "T_max", "warmup_epochs", "use_label_smooth", "auto_augment",
+                       "random_erasing", "mixup_alpha", "cutmix_alpha", "ema_decay", "dataset_sink_mode",
+                       "eval_interval"}
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
@@ -84,6 +104,17 @@ def test_booleans(text, expected):
     ("--num_classes=1", ["num_classes=1", "at least 2"]),
     ("--bach_size=3", ["--bach_size=3", "did you mean batch_size"]),
     ("--lr_init=nan", ["--lr_init='nan'", "number"]),
+    ("--auto_augment=rand-m9", ["auto_augment=rand-m9", "randaugment-m<magnitude 0..30>", "trivialaugment"]),
+    ("--auto_augment=randaugment-m31", ["auto_augment=randaugment-m31", "0..30"]),
+    ("--auto_augment=randaugment-m9-n0", ["auto_augment=randaugment-m9-n0", "-n<ops>"]),
+    ("--random_erasing=1.5", ["random_erasing=1.5", "[0, 1]"]),
+    ("--mixup_alpha=-0.2", ["mixup_alpha=-0.2", ">= 0"]),
+    ("--cutmix_alpha=x", ["--cutmix_alpha='x'", "number"]),
+    ("--mixup_switch_prob=2", ["mixup_switch_prob=2.0", "[0, 1]"]),
+    ("--ema_decay=1", ["ema_decay=1.0", "[0, 1)"]),
+    ("--clip_grad_norm=-1", ["clip_grad_norm=-1.0", ">= 0"]),
+    ("--grad_accumulation_steps=0", ["grad_accumulation_steps=0", "> 0"]),
+    ("--grad_accumulation_steps=1.5", ["--grad_accumulation_steps='1.5'", "integer"]),
 ])
 def test_bad_values_name_key_value_and_what_is_allowed(flag, fragments):
     with pytest.raises(ConfigError) as caught:
@@ -92,6 +123,25 @@ def test_bad_values_name_key_value_and_what_is_allowed(flag, fragments):
     assert "\n" not in message
     for fragment in fragments:
         assert fragment in message, message
+
+
+@pytest.mark.parametrize("flag", ["--ema_decay=0.999", "--clip_grad_norm=5", "--grad_accumulation_steps=2"])
+def test_train_step_recipes_need_a_fixed_loss_scale(flag):
+    with pytest.raises(ConfigError) as caught:
+        load_config([f"--config_path={CPU_CONFIG}", "--is_dynamic_loss_scale=True", flag])
+    key = flag[2:].split("=")[0]
+    assert f"{key}=" in str(caught.value) and "is_dynamic_loss_scale" in str(caught.value), caught.value
+
+
+def test_ema_needs_steps_outside_the_dataset_sink():
+    with pytest.raises(ConfigError, match=r"^ema_decay=0.99 \(command line\) needs dataset_sink_mode=False"):
+        load_config([f"--config_path={CPU_CONFIG}", "--dataset_sink_mode=True", "--ema_decay=0.99"])
+
+
+@pytest.mark.parametrize("text", ["none", "randaugment-m0", "randaugment-m30-n3", "autoaugment-imagenet",
+                                  "autoaugment-cifar10", "trivialaugment"])
+def test_every_auto_augment_form_loads(text):
+    assert load_config([f"--config_path={CPU_CONFIG}", f"--auto_augment={text}"]).auto_augment == text
 
 
 def _write(tmp_path, text: str):

@@ -196,3 +196,22 @@ def test_two_nodes_form_one_job(tmp_path, small_cifar):
     assert not set(samples(debug, 0)) & set(samples(debug, 1))
     assert [p.name for p in (tmp_path / "node0" / "ckpt").glob("*.ckpt")] == ["train_googlenet_cifar10-1_6.ckpt"]
     assert not list((tmp_path / "node1").rglob("*.ckpt"))
+
+
+def test_two_workers_train_with_the_recipes(tmp_path, small_cifar):
+    """EMA, clipping, accumulation (6 batches per rank: 3 updates) and the batch/augmentation options, data-parallel."""
+    out, debug = tmp_path / "job", tmp_path / "debug"
+    process = launch(small_cifar, out, debug, free_port(), "--epoch_size=1", "--ema_decay=0.9", "--clip_grad_norm=1",
+                     "--grad_accumulation_steps=2", "--mixup_alpha=0.2", "--cutmix_alpha=1.0",
+                     "--auto_augment=randaugment-m9", "--random_erasing=0.25")
+    stdout = finish(process, out)
+    assert process.returncode == 0, stdout[-3000:] + worker_logs(out)[-5000:]
+    assert len(re.findall(r"^train success", worker_logs(out), re.M)) == 2
+    assert_same_trainable_params(debug)
+    from src.checkpoint import read_checkpoint
+
+    stored = read_checkpoint(out / "ckpt" / "train_googlenet_cifar10-1_6.ckpt")
+    assert int(stored["global_step"].asnumpy()[0]) == 3
+    averaged = [name for name in stored if name.startswith("ema.")]
+    assert len(averaged) > 100
+    assert any(not np.array_equal(stored[n].asnumpy(), stored[n[4:]].asnumpy()) for n in averaged)

@@ -69,3 +69,12 @@ def test_learning_ab_bad_input_is_one_line(tmp_path):
     assert_user_error(result, 2, "--paths 'kernels,fast'", "stock")
     result = run_script("learning_ab.py", "--data=digits", "--seeds=1,x", cwd=tmp_path)
     assert_user_error(result, 2, "--seeds '1,x'")
+
+
+def test_recipes_ab_bad_input_is_one_line(tmp_path):
+    result = run_script("recipes_ab.py", f"--data={tmp_path / 'none'}", cwd=tmp_path)
+    assert_user_error(result, 2, "--data", "not a folder")
+    result = run_script("recipes_ab.py", "--data=digits", "--options=off,fast", cwd=tmp_path)
+    assert_user_error(result, 2, "--options 'off,fast'", "mixup")
+    result = run_script("recipes_ab.py", "--data=digits", "--seeds=1,x", cwd=tmp_path)
+    assert_user_error(result, 2, "--seeds '1,x'")

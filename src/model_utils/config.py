@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from src.atomic_io import atomic_write_text
+from src.augment import AUTO_AUGMENT_FORMS, parse_auto_augment
 from src.errors import ArgumentParser, ConfigError
 from src.logger import logger
 
@@ -52,6 +53,15 @@ SCHEMA: dict[str, Any] = {
     "image_height": int,
     "image_width": int,
     "batch_size": int,
+    # training recipes beyond upstream's (all off by default)
+    "auto_augment": str,
+    "random_erasing": float,
+    "mixup_alpha": float,
+    "cutmix_alpha": float,
+    "mixup_switch_prob": float,
+    "ema_decay": float,
+    "clip_grad_norm": float,
+    "grad_accumulation_steps": int,
     # network
     "num_classes": int,
     "dropout_rate": float,
@@ -155,13 +165,18 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
             "batch_size", "epoch_size", "image_height", "image_width",
             "num_parallel_workers", "lr_init", "T_max", "loss_scale", "log_interval",
             "save_checkpoint_epochs", "keep_checkpoint_max", "export_batch_size",
-            "modelarts_sync_timeout", "top_k",
+            "modelarts_sync_timeout", "top_k", "grad_accumulation_steps",
         )
     },
     **{
         key: (_non_negative, "a value >= 0")
-        for key in ("eta_min", "warmup_epochs", "momentum", "weight_decay", "seed", "eval_interval")
+        for key in ("eta_min", "warmup_epochs", "momentum", "weight_decay", "seed", "eval_interval",
+                    "mixup_alpha", "cutmix_alpha", "clip_grad_norm")
     },
+    "auto_augment": (lambda v: parse_auto_augment(v) is not None, AUTO_AUGMENT_FORMS),
+    "random_erasing": (lambda v: 0 <= v <= 1, "a probability in [0, 1] (0 = off)"),
+    "mixup_switch_prob": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+    "ema_decay": (_unit_interval, "a value in [0, 1), e.g. 0.9999 (0 = off)"),
     "num_classes": (lambda v: v >= 2, "at least 2 classes"),
     "dropout_rate": (_unit_interval, "a value in [0, 1)"),
     "label_smooth_factor": (_unit_interval, "a value in [0, 1)"),
@@ -306,6 +321,20 @@ def _validate(key: str, value: Any, choices: dict, source: str) -> None:
         raise ConfigError(f"{key}={_format(value)} ({source}) is invalid; expected {rule[1]}")
 
 
+def _check_combinations(values: dict[str, Any], sources: dict[str, str]) -> None:
+    """Keys that are valid alone but not together."""
+    if values["ema_decay"] > 0 and values["dataset_sink_mode"]:
+        raise ConfigError(f"ema_decay={_format(values['ema_decay'])} ({sources['ema_decay']}) needs "
+                          "dataset_sink_mode=False (the average is updated after every step); expected "
+                          "dataset_sink_mode=False or ema_decay=0")
+    if values["is_dynamic_loss_scale"]:
+        for key, off in (("ema_decay", 0.0), ("clip_grad_norm", 0.0), ("grad_accumulation_steps", 1)):
+            if values[key] != off:
+                raise ConfigError(f"{key}={_format(values[key])} ({sources[key]}) is not supported with "
+                                  f"is_dynamic_loss_scale=True; expected {key}={off} or a fixed loss_scale "
+                                  "(is_dynamic_loss_scale=False)")
+
+
 def _place_outputs_under(values: dict[str, Any], output_path: str) -> None:
     """On ModelArts only output_path is uploaded: relative checkpoint and export paths go under it."""
     for key in ("ckpt_save_dir", "file_name"):
@@ -406,6 +435,7 @@ def load_config(argv: Sequence[str] | None = None, default_config: str | os.Path
     _upstream_pre_trained(resolved, sources["pre_trained"])
     for key, value in resolved.items():
         _validate(key, value, choices, sources[key])
+    _check_combinations(resolved, sources)
     if resolved["enable_modelarts"]:
         _place_outputs_under(resolved, resolved["output_path"])
     return Config(resolved, config_path)

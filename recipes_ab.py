@@ -28,9 +28,9 @@ OPTIONS = {
     "autoaugment": ["--auto_augment=autoaugment-cifar10"],
     "trivialaugment": ["--auto_augment=trivialaugment"],
     "random_erasing": ["--random_erasing=0.25"],
-    "mixup": ["--mixup_alpha=0.2"],
+    "mixup": ["--mixup_alpha=0.4"],
     "cutmix": ["--cutmix_alpha=1.0"],
-    "mixup+cutmix": ["--mixup_alpha=0.2", "--cutmix_alpha=1.0", "--mixup_switch_prob=0.5"],
+    "mixup+cutmix": ["--mixup_alpha=0.4", "--cutmix_alpha=1.0", "--mixup_switch_prob=0.5"],
     "ema": ["--ema_decay=0.99"],
     # GoogleNet's gradient norm is about 250 at the start on the digits: 1 clips every step (a much smaller
     # step), 100 the large early ones.

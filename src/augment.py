@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import mindspore as ms
 import mindspore.dataset.transforms as T
 import mindspore.dataset.vision as V
-import numpy as np
 
 AUTO_AUGMENT_FORMS = ("none, randaugment-m<magnitude 0..30>[-n<ops>], autoaugment-imagenet, autoaugment-cifar10 "
                       "or trivialaugment")
@@ -68,40 +67,22 @@ def random_erasing_ops(probability: float) -> list:
     return [V.RandomErasing(prob=probability)] if probability > 0 else []
 
 
-# MixUpBatch draws its weight from two Gamma(alpha) samples and fails when both are 0 in float32 ("addition of
-# variable(x1 and x2) of Gamma should not be 0."): about one batch in 1,000 at alpha 0.2 in MindSpore 2.10. Such a
-# batch is mixed again with fresh draws.
-_ZERO_GAMMA = "of Gamma should not be 0"
-_ZERO_GAMMA_RETRIES = 10
+# With both mixup and cutmix on, RandomChoice picks one per batch from this many slots, round(switch_prob * slots)
+# of them CutMix: switch_prob in steps of 0.05.
+SWITCH_SLOTS = 20
 
 
-class BatchMixing:
-    """MixUpBatch with probability 1 - ``switch_prob``, else CutMixBatch (the engine's operators; only the one
-    whose alpha is > 0 when the other's is 0), on (image NCHW, one-hot label) batches. The choice per batch
-    comes from a generator seeded with ``seed``."""
-
-    def __init__(self, mixup_alpha: float, cutmix_alpha: float, switch_prob: float, seed: int) -> None:
-        self.mixup = V.MixUpBatch(alpha=mixup_alpha) if mixup_alpha > 0 else None
-        self.cutmix = V.CutMixBatch(V.ImageBatchFormat.NCHW, alpha=cutmix_alpha) if cutmix_alpha > 0 else None
-        self.switch_prob = switch_prob if self.mixup and self.cutmix else float(self.mixup is None)
-        self.rng = np.random.default_rng(seed)
-
-    def __call__(self, images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        operator = self.cutmix if self.rng.random() < self.switch_prob else self.mixup
-        for _ in range(_ZERO_GAMMA_RETRIES - 1):
-            try:
-                return operator(images, labels)
-            except RuntimeError as err:
-                if _ZERO_GAMMA not in str(err):
-                    raise
-        return operator(images, labels)
-
-
-def batch_mixing_op(mixup_alpha: float, cutmix_alpha: float, switch_prob: float, seed: int) -> BatchMixing | None:
-    """The batch operator for (image NCHW, one-hot label) columns, or None when both alphas are 0."""
-    if mixup_alpha > 0 or cutmix_alpha > 0:
-        return BatchMixing(mixup_alpha, cutmix_alpha, switch_prob, seed)
-    return None
+def batch_mixing_op(mixup_alpha: float, cutmix_alpha: float, switch_prob: float):
+    """The engine's batch operator for (image NCHW, one-hot label) columns: MixUpBatch, CutMixBatch, or with
+    both alphas > 0 a random choice per batch (CutMix with probability ``switch_prob``); None when both are 0.
+    They run inside the pipeline, whose random state advances from batch to batch (called one at a time
+    after ``ms.set_seed``, every call would draw the same)."""
+    mixup = V.MixUpBatch(alpha=mixup_alpha) if mixup_alpha > 0 else None
+    cutmix = V.CutMixBatch(V.ImageBatchFormat.NCHW, alpha=cutmix_alpha) if cutmix_alpha > 0 else None
+    if mixup is None or cutmix is None:
+        return mixup or cutmix
+    cut_slots = round(SWITCH_SLOTS * switch_prob)
+    return T.RandomChoice([cutmix] * cut_slots + [mixup] * (SWITCH_SLOTS - cut_slots))
 
 
 def one_hot_ops(num_classes: int) -> list:

@@ -198,12 +198,11 @@ class Augmentation:
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
     mixup_switch_prob: float = 0.5
-    seed: int = 0
 
     @classmethod
-    def from_config(cls, config, rank_id: int = 0) -> Augmentation:
+    def from_config(cls, config) -> Augmentation:
         return cls(config.auto_augment, config.random_erasing, config.mixup_alpha, config.cutmix_alpha,
-                   config.mixup_switch_prob, config.seed + rank_id)
+                   config.mixup_switch_prob)
 
 
 def create_dataset(dataset_name: str, data_dir: str | Path, *, training: bool, batch_size: int,
@@ -240,8 +239,7 @@ def create_dataset(dataset_name: str, data_dir: str | Path, *, training: bool, b
     data = data.map(transforms, input_columns="image", num_parallel_workers=num_parallel_workers)
     data = data.map(T.TypeCast(ms.int32), input_columns="label", num_parallel_workers=1)
     data = data.batch(batch_size, drop_remainder=training)
-    mixing = batch_mixing_op(augmentation.mixup_alpha, augmentation.cutmix_alpha, augmentation.mixup_switch_prob,
-                             augmentation.seed)
+    mixing = batch_mixing_op(augmentation.mixup_alpha, augmentation.cutmix_alpha, augmentation.mixup_switch_prob)
     if mixing is None:
         return data
     if num_classes is None:
@@ -263,5 +261,5 @@ def create_dataset_from_config(config, *, training: bool, rank_id: int = 0, rank
         num_classes=config.num_classes,
         rank_id=rank_id,
         rank_size=rank_size,
-        augmentation=Augmentation.from_config(config, rank_id) if training else None,
+        augmentation=Augmentation.from_config(config) if training else None,
     )

@@ -202,7 +202,7 @@ def test_two_workers_train_with_the_recipes(tmp_path, small_cifar):
     """EMA, clipping, accumulation (6 batches per rank: 3 updates) and the batch/augmentation options, data-parallel."""
     out, debug = tmp_path / "job", tmp_path / "debug"
     process = launch(small_cifar, out, debug, free_port(), "--epoch_size=1", "--ema_decay=0.9", "--clip_grad_norm=1",
-                     "--grad_accumulation_steps=2", "--mixup_alpha=0.2", "--cutmix_alpha=1.0",
+                     "--grad_accumulation_steps=2", "--mixup_alpha=0.4", "--cutmix_alpha=1.0",
                      "--auto_augment=randaugment-m9", "--random_erasing=0.25")
     stdout = finish(process, out)
     assert process.returncode == 0, stdout[-3000:] + worker_logs(out)[-5000:]

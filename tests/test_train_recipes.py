@@ -22,7 +22,7 @@ from src.train_step import averaged_parameters
 from src.trainer import create_train_model
 from tests.conftest import SMALL_CIFAR, TrainedRun, run_script
 
-RECIPE_FLAGS = ["--ema_decay=0.9", "--grad_accumulation_steps=2", "--clip_grad_norm=5", "--mixup_alpha=0.2",
+RECIPE_FLAGS = ["--ema_decay=0.9", "--grad_accumulation_steps=2", "--clip_grad_norm=5", "--mixup_alpha=0.4",
                 "--cutmix_alpha=1.0", "--auto_augment=trivialaugment", "--random_erasing=0.25", "--lr_init=0.01",
                 "--use_label_smooth=True"]
 BATCHES, UPDATES = 30, 15  # per epoch: 480 images in batches of 16, 2 batches per update

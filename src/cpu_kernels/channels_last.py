@@ -25,16 +25,12 @@ import numpy as np
 from mindspore import Parameter, Tensor
 
 from src.cpu_kernels.blocks import replace_children, restore_parameter_names, window_side
-from src.cpu_kernels.conv import ConvBiasReLU, next_filter_token
+from src.cpu_kernels.conv import ConvBiasReLU, first_input_type, next_filter_token
 from src.cpu_kernels.max_pool import CompiledMaxPool2d
 from src.googlenet import GoogleNet, Inception
 
 TO_CHANNELS_LAST = (0, 2, 3, 1)
 TO_CHANNELS_FIRST = (0, 3, 1, 2)
-
-
-def _first_type(first, *others):
-    return first
 
 
 class ConvBiasReLUNhwc(nn.Cell):
@@ -54,7 +50,7 @@ class ConvBiasReLUNhwc(nn.Cell):
         def output_shape(x_shape, w_shape, b_shape, spec_shape):
             return [x_shape[0], -(-x_shape[1] // stride), -(-x_shape[2] // stride), w_shape[0]]
 
-        self.conv = ops.Custom(f"{library}:ConvBiasReluNhwc", out_shape=output_shape, out_dtype=_first_type,
+        self.conv = ops.Custom(f"{library}:ConvBiasReluNhwc", out_shape=output_shape, out_dtype=first_input_type,
                                func_type="aot")
 
     def construct(self, x: Tensor) -> Tensor:
@@ -73,7 +69,7 @@ class MaxPoolNhwc(nn.Cell):
         def output_shape(x_shape, spec_shape):
             return [x_shape[0], math.ceil(x_shape[1] / stride), math.ceil(x_shape[2] / stride), x_shape[3]]
 
-        self.pool = ops.Custom(f"{library}:MaxPoolNhwc", out_shape=output_shape, out_dtype=_first_type,
+        self.pool = ops.Custom(f"{library}:MaxPoolNhwc", out_shape=output_shape, out_dtype=first_input_type,
                                func_type="aot")
 
     def construct(self, x: Tensor) -> Tensor:

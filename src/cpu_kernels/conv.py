@@ -57,7 +57,7 @@ def next_filter_token() -> int:
     return next(_filter_tokens)
 
 
-def _first_type(first, *others):
+def first_input_type(first, *others):
     """The output dtype of the kernel's operations: that of their first input."""
     return first
 
@@ -89,15 +89,15 @@ class CompiledConv2d(nn.Conv2d):
         def filter_grad_shape(x_shape, dy_shape, w_shape):
             return w_shape
 
-        input_grad = ops.Custom(f"{library}:ConvGradInput", out_shape=input_grad_shape, out_dtype=_first_type,
+        input_grad = ops.Custom(f"{library}:ConvGradInput", out_shape=input_grad_shape, out_dtype=first_input_type,
                                 func_type="aot")
-        filter_grad = ops.Custom(f"{library}:ConvGradFilter", out_shape=filter_grad_shape, out_dtype=_first_type,
+        filter_grad = ops.Custom(f"{library}:ConvGradFilter", out_shape=filter_grad_shape, out_dtype=first_input_type,
                                  func_type="aot")
 
         def bprop(x, weight, out, dout):
             return input_grad(dout, weight), filter_grad(x, dout, weight)
 
-        self.compiled_conv = ops.Custom(f"{library}:ConvForward", out_shape=output_shape, out_dtype=_first_type,
+        self.compiled_conv = ops.Custom(f"{library}:ConvForward", out_shape=output_shape, out_dtype=first_input_type,
                                         func_type="aot", bprop=bprop)
 
     def on_kernel(self, x: Tensor) -> bool:
@@ -141,7 +141,7 @@ class ConvBiasReLU(nn.Cell):
                 return [x_shape[0], w_shape[0], -(-x_shape[2] // stride), -(-x_shape[3] // stride)]
 
             entry = "ConvBiasReluForward" if stride == 1 else "ConvBiasReluStride2Forward"
-            self.fused = ops.Custom(f"{conv.library}:{entry}", out_shape=output_shape, out_dtype=_first_type,
+            self.fused = ops.Custom(f"{conv.library}:{entry}", out_shape=output_shape, out_dtype=first_input_type,
                                     func_type="aot")
 
     def construct(self, x: Tensor) -> Tensor:

@@ -562,22 +562,6 @@ void GradientOfFilter(const float *x, const float *dy, const ConvShape &s, float
 // the cache starts over.
 using PackedFilter = std::shared_ptr<const std::vector<float>>;
 
-// Whether w[0 .. kept.size()) holds exactly the values of `kept`, bit for bit; compared in pieces
-// on the worker threads (a network's filters are tens of megabytes, read on every call).
-bool SameValues(const std::vector<float> &kept, const float *w) {
-  constexpr int64_t kPiece = 1 << 15;
-  const int64_t count = static_cast<int64_t>(kept.size());
-  std::atomic<bool> same{true};
-  Workers::Get().Run((count + kPiece - 1) / kPiece, [&](int64_t piece) {
-    const int64_t begin = piece * kPiece;
-    if (same.load(std::memory_order_relaxed) &&
-        std::memcmp(kept.data() + begin, w + begin, std::min(kPiece, count - begin) * sizeof(float)) != 0) {
-      same.store(false, std::memory_order_relaxed);
-    }
-  });
-  return same.load();
-}
-
 PackedFilter PackedOnce(int64_t token, const float *w, const ConvShape &s,
                         const std::function<std::vector<float>()> &pack) {
   struct Entry {

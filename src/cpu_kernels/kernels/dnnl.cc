@@ -199,7 +199,9 @@ dnnl_memory_t ReorderedFilter(int64_t token, const ConvKey &key, const float *w,
     cached_values += values;
   }
   Reordered &entry = cache[{token, key}];
-  if (entry.memory != nullptr && std::memcmp(entry.from.data(), w, values * sizeof(float)) == 0) return entry.memory;
+  if (entry.memory != nullptr && static_cast<int64_t>(entry.from.size()) == values && SameValues(entry.from, w)) {
+    return entry.memory;
+  }
   Context &context = Context::Get();
   dnnl_memory_desc_t plain = Describe({key[4], key[3], key[5], key[5]}, dnnl_oihw);
   dnnl_memory_t source = nullptr;

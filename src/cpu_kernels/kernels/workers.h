@@ -1,5 +1,6 @@
 // The kernels' pool of worker threads (each kernel library has its own), shared by conv.cc and
-// dnnl.cc. Header-only: every library is one translation unit (src/cpu_kernels/build.py).
+// dnnl.cc, and SameValues, their check that a kept filter is still the one given. Header-only:
+// every library is one translation unit (src/cpu_kernels/build.py).
 #ifndef GOOGLENET_KERNELS_WORKERS_H_
 #define GOOGLENET_KERNELS_WORKERS_H_
 
@@ -8,12 +9,14 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstring>
 #include <condition_variable>
 #include <cstdint>
 #include <cstdlib>
 #include <functional>
 #include <mutex>
 #include <thread>
+#include <vector>
 
 namespace {
 
@@ -110,6 +113,22 @@ class Workers {
   int active_ = 0;
   uint64_t generation_ = 0;
 };
+
+// Whether w[0 .. kept.size()) holds exactly the values of `kept`, bit for bit; compared in pieces
+// on the worker threads (a network's filters are tens of megabytes, read on every call).
+bool SameValues(const std::vector<float> &kept, const float *w) {
+  constexpr int64_t kPiece = 1 << 15;
+  const int64_t count = static_cast<int64_t>(kept.size());
+  std::atomic<bool> same{true};
+  Workers::Get().Run((count + kPiece - 1) / kPiece, [&](int64_t piece) {
+    const int64_t begin = piece * kPiece;
+    if (same.load(std::memory_order_relaxed) &&
+        std::memcmp(kept.data() + begin, w + begin, std::min(kPiece, count - begin) * sizeof(float)) != 0) {
+      same.store(false, std::memory_order_relaxed);
+    }
+  });
+  return same.load();
+}
 
 }  // namespace
 

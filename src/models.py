@@ -18,11 +18,13 @@ def create_model_from_config(config) -> GoogleNet:
 def create_inference_model(config, checkpoint_path: str | None) -> GoogleNet:
     """The network eval.py, predict.py and the benchmark's inference run: built from the config,
     weights from ``checkpoint_path`` (None: as initialised), BatchNorm folded if the config says so
-    (and then, on CPU, channels-last on oneDNN: src/cpu_kernels), in evaluation mode."""
-    net = create_model_from_config(config)
+    (src/cpu_kernels: ``fold_for_inference``), else as train.py trains it, in evaluation mode."""
+    net = create_model(config.num_classes, dropout_rate=config.dropout_rate, seed=config.seed)
     if checkpoint_path is not None:
         load_weights(net, checkpoint_path)
     if config.fold_batchnorm:
         fold_for_inference(net, config)
+    else:
+        accelerate(net, config)
     net.set_train(False)
     return net

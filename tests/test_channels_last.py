@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from mindspore import nn, ops
 
-from src.cpu_kernels import build, channels_last, fold_batchnorm, fold_for_inference
-from src.cpu_kernels.blocks import folded_block
+from src.cpu_kernels import accelerate, build, channels_last, fold_batchnorm, fold_for_inference
+from src.cpu_kernels.blocks import KernelConv2dBlock, folded_block
 from src.cpu_kernels.conv import ConvBiasReLU
+from src.cpu_kernels.max_pool import CompiledMaxPool2d
 from src.googlenet import Conv2dBlock
 from src.model_utils.config import load_config
 from src.models import create_inference_model
@@ -146,20 +147,23 @@ def test_weights_loaded_later_are_used(library):
     _assert_close(target(x).asnumpy(), expected, "logits after an in-place load", tolerance=1e-5)
 
 
-def test_without_onednn_headers_inference_stays_nchw(monkeypatch, caplog, tmp_path):
+def test_without_onednn_headers_the_network_stays_nchw(monkeypatch, caplog, tmp_path):
     """No headers (onednn-devel not installed; simulated by pointing the install prefix elsewhere):
-    one warning, and the folded NCHW network."""
+    one warning, and the NCHW kernel forms for training and the folded NCHW network for inference."""
     monkeypatch.setenv("GOOGLENET_KERNEL_CACHE", str(tmp_path / "cache"))
     real_get_path = build.sysconfig.get_path
     monkeypatch.setattr(build.sysconfig, "get_path",
                         lambda name, *args, **kwargs: str(tmp_path) if name == "data" else real_get_path(name))
     build.kernel_library.cache_clear()
+    config = load_config([f"--config_path={CPU_CONFIG}"])
     try:
         with caplog.at_level("WARNING", logger="googlenet"):
-            net = fold_for_inference(kernel_model(10), load_config([f"--config_path={CPU_CONFIG}"]))
+            trained = accelerate(kernel_model(10), config)
+            folded = fold_for_inference(kernel_model(10), config)
     finally:
         build.kernel_library.cache_clear()
-    assert isinstance(net.conv2, ConvBiasReLU)
+    assert isinstance(trained.conv2, KernelConv2dBlock) and isinstance(trained.maxpool1, CompiledMaxPool2d)
+    assert isinstance(folded.conv2, ConvBiasReLU) and folded.conv2.fused is not None
     warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
     assert warnings == [f"cannot build the dnnl kernel (no oneDNN headers in {tmp_path / 'include'}: pip install "
-                        "onednn-devel==2025.3.0): it uses the NCHW kernels of conv.cc and max_pool.cc"]
+                        f"onednn-devel==2025.3.0): it uses {build.FALLBACKS['dnnl']}"]

@@ -11,7 +11,7 @@ import pytest
 from mindspore import nn, ops
 
 from src.checkpoint import load_weights
-from src.cpu_kernels import accelerate, conv
+from src.cpu_kernels import accelerate, build, conv
 from src.cpu_kernels.blocks import substitute_kernels
 from src.errors import UserError
 from src.googlenet import Conv2dBlock, create_model
@@ -194,7 +194,7 @@ def test_which_convolutions_use_it(kernel_cache):
 
 def test_the_entry_scripts_network_uses_it_and_logs_it(kernel_cache, caplog):
     with caplog.at_level("INFO", logger="googlenet"):
-        net = create_model_from_config(load_config([f"--config_path={CPU_CONFIG}"]))
+        net = create_model_from_config(load_config([f"--config_path={CPU_CONFIG}", "--channels_last=False"]))
     assert isinstance(net.conv2.conv, conv.CompiledConv2d)
     assert net.conv1.conv.kernel_stride == 2 and net.conv1.conv.max_kernel_plane == 0  # MindSpore's Conv2D
     assert f"stride-1 convolutions: compiled CPU kernel {kernel_cache}" in caplog.text
@@ -212,8 +212,9 @@ def test_falls_back_to_mindspores_operators_without_a_compiler(monkeypatch, capl
                                tmp_path / "cache", monkeypatch, caplog)
     assert [type(cell) for _, cell in net.cells_and_names()] == [type(cell) for _, cell in plain.cells_and_names()]
     warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
-    assert sorted(warnings) == [f"no C++ compiler (g++ or $CXX) found: {name} uses MindSpore's own CPU kernels"
-                                for name in ("conv", "max_pool")]
+    assert sorted(warnings) == [f"no C++ compiler (g++ or $CXX) found: {name} uses {fallback}" for name, fallback in
+                                [("conv", "MindSpore's own CPU kernels"), ("dnnl", build.FALLBACKS["dnnl"]),
+                                 ("max_pool", "MindSpore's own CPU kernels")]]
     assert not (tmp_path / "cache").exists()
     x = ms.Tensor(np.random.default_rng(6).standard_normal((2, 3, 32, 32)).astype(np.float32))
     net.set_train(False)

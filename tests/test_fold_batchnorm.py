@@ -11,7 +11,7 @@ from mindspore import nn
 from src.checkpoint import load_weights
 from src.cpu_kernels import conv
 from src.cpu_kernels.blocks import KernelConv2dBlock, fold_batchnorm, folded_block
-from src.cpu_kernels.channels_last import ConvBiasReLUNhwc
+from src.cpu_kernels.channels_last import ConvBatchNormReLUNhwc, ConvBiasReLUNhwc
 from src.googlenet import Conv2dBlock, create_model
 from src.model_utils.config import load_config
 from src.models import create_inference_model
@@ -144,7 +144,7 @@ def test_the_config_decides_and_the_log_says_so(kernel_cache, caplog):
     config = load_config([f"--config_path={CPU_CONFIG}", "--fold_batchnorm=False"])
     with caplog.at_level("INFO", logger="googlenet"):
         net = create_inference_model(config, None)
-    assert isinstance(net.conv2, KernelConv2dBlock) and not net.training
+    assert isinstance(net.conv2, ConvBatchNormReLUNhwc) and not net.training  # as train.py trains it
     assert "BatchNorm folded" not in caplog.text
 
 

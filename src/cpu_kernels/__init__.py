@@ -2,12 +2,13 @@
 
 Applied to a network built from plain MindSpore cells (src/googlenet.py), never part of it:
 
-- ``accelerate(net, config)`` substitutes, after construction, the kernel forms of the max pools and
-  the convolution blocks (convolution + BatchNorm + ReLU), with the same parameters under the same
-  names, where the config allows them (CPU, float32, the ``compiled_*`` keys) and the kernels build;
-- ``fold_batchnorm(net)`` folds BatchNorm into the convolutions for inference, and
-  ``fold_for_inference(net, config)`` then, where ``channels_last`` applies, runs the folded network
-  channels-last, every convolution and max pool on oneDNN (MindSpore's own copy, ``channels_last.py``);
+- ``accelerate(net, config)``, for training, substitutes after construction the kernel forms of the
+  convolution blocks (convolution + BatchNorm + ReLU) and the max pools, with the same parameters
+  under the same names: where ``channels_last`` applies (CPU, float32) channels-last, every
+  convolution block and max pool on oneDNN (MindSpore's own copy, ``channels_last.py``); otherwise
+  the NCHW kernels the ``compiled_*`` keys ask for (``blocks.py``);
+- ``fold_for_inference(net, config)``, for inference, folds BatchNorm into the convolutions
+  (``fold_batchnorm``) and runs the folded network channels-last on oneDNN, or on the NCHW kernels;
 - ``create_momentum(config, ...)`` is the optimizer the trainer asks for: the momentum update as one
   kernel call, or ``nn.Momentum``.
 
@@ -22,12 +23,13 @@ import mindspore.nn as nn
 
 from src.cpu_kernels.blocks import fold_batchnorm, substitute_kernels
 from src.cpu_kernels.build import kernel_library, kernels_apply
-from src.cpu_kernels.channels_last import to_channels_last
-from src.cpu_kernels.conv import compiled_conv_wanted
+from src.cpu_kernels.channels_last import to_channels_last, to_channels_last_training
+from src.cpu_kernels.conv import check_kernel_threads, compiled_conv_wanted
 from src.cpu_kernels.max_pool import compiled_max_pool_wanted
 from src.cpu_kernels.optimizer import CompiledMomentum, compiled_optimizer_wanted
 from src.cpu_kernels.optimizer import create_momentum as _create_momentum
 from src.logger import logger
+from src.model_utils.device_adapter import lift_cpu_kernel_cap
 
 __all__ = ["accelerate", "create_momentum", "fold_batchnorm", "fold_for_inference", "kernels_apply"]
 
@@ -35,8 +37,27 @@ _LOG_LINES = {"max_pool": "max pooling: compiled CPU kernel %s",
               "conv": "stride-1 convolutions: compiled CPU kernel %s"}
 
 
+def channels_last_library(config):
+    """The oneDNN kernel library when the config's ``channels_last`` applies (CPU, float32) and it
+    builds, else None."""
+    if not (config.channels_last and kernels_apply(config)):
+        return None
+    check_kernel_threads()
+    library = kernel_library("dnnl")
+    if library is not None:
+        lift_cpu_kernel_cap()  # no MindSpore convolution runs: oneDNN may use the whole instruction set
+    return library
+
+
 def accelerate(net: nn.Cell, config) -> nn.Cell:
-    """``net`` with the kernel forms the config asks for and this machine allows (logged); returns ``net``."""
+    """``net`` (plain cells, as built) for training, in place, logged: channels-last on oneDNN where
+    ``channels_last`` applies; else the NCHW kernel forms the ``compiled_*`` keys ask for and this
+    machine allows. Returns ``net``."""
+    library = channels_last_library(config)
+    if library is not None:
+        to_channels_last_training(net, library)
+        logger.info("convolution blocks and max pools: channels-last on oneDNN, compiled CPU kernel %s", library)
+        return net
     libraries = substitute_kernels(net, max_pool=compiled_max_pool_wanted(config), conv=compiled_conv_wanted(config))
     for name, library in libraries.items():
         logger.info(_LOG_LINES[name], library)
@@ -44,12 +65,14 @@ def accelerate(net: nn.Cell, config) -> nn.Cell:
 
 
 def fold_for_inference(net: nn.Cell, config) -> nn.Cell:
-    """For inference only, in place: BatchNorm folded into the convolutions; then, where the config's
-    ``channels_last`` applies (CPU, float32) and the oneDNN kernel builds, the network channels-last on
-    oneDNN (logged)."""
+    """``net`` (plain cells, weights loaded) for inference only, in place: BatchNorm folded into the
+    convolutions, then channels-last on oneDNN where ``channels_last`` applies, else on the NCHW
+    kernels the ``compiled_*`` keys ask for (logged). Returns ``net``."""
+    library = channels_last_library(config)
+    if library is None:
+        accelerate(net, config)
     fold_batchnorm(net)
     logger.info("inference: BatchNorm folded into the convolutions")
-    library = kernel_library("dnnl") if config.channels_last and kernels_apply(config) else None
     if library is not None:
         to_channels_last(net, library)
         logger.info("inference: channels-last convolutions and max pools on oneDNN, compiled CPU kernel %s", library)

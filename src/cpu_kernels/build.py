@@ -31,7 +31,7 @@ COMPILE_FLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp-simd", 
 
 
 # What a kernel's failure to build leaves in its place (the warning says it).
-FALLBACKS = {"dnnl": "the NCHW kernels of conv.cc and max_pool.cc"}
+FALLBACKS = {"dnnl": "the NCHW layout (the compiled_* kernels where they build, else MindSpore's operators)"}
 
 
 def _onednn_flags() -> list[str] | str:

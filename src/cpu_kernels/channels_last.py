@@ -12,6 +12,17 @@
 
 The result computes the folded network's function (to float32 rounding: another summation order).
 It is for inference only, like the folded network.
+
+``to_channels_last_training(net)`` does the same for training, on a network as built (plain cells):
+
+- every ``Conv2dBlock`` becomes ``ConvBatchNormReLUNhwc``, the block's own convolution and BatchNorm
+  parameters under the same names; with batch statistics (training) convolution, BatchNorm and ReLU are
+  one kernel call (oneDNN's convolution, batch normalisation and ReLU primitives, the moving statistics
+  updated in place, declared to MindSpore) and their gradient one more (oneDNN's backward primitives);
+  with the moving statistics (evaluation, a frozen backbone) the convolution on oneDNN, then BatchNorm
+  and ReLU as MindSpore operations, differentiable as they are;
+- every max pool becomes ``MaxPoolNhwcTrain`` (oneDNN's pooling, which keeps where each maximum was
+  for the gradient); every Inception concatenates on the last axis; the two transposes as above.
 """
 
 from __future__ import annotations
@@ -23,11 +34,13 @@ import mindspore.nn as nn
 import mindspore.ops as ops
 import numpy as np
 from mindspore import Parameter, Tensor
+from mindspore import dtype as mstype
 
 from src.cpu_kernels.blocks import replace_children, restore_parameter_names, window_side
+from src.cpu_kernels.build import writes_inputs
 from src.cpu_kernels.conv import ConvBiasReLU, first_input_type, next_filter_token
 from src.cpu_kernels.max_pool import CompiledMaxPool2d
-from src.googlenet import GoogleNet, Inception
+from src.googlenet import Conv2dBlock, GoogleNet, Inception
 
 TO_CHANNELS_LAST = (0, 2, 3, 1)
 TO_CHANNELS_FIRST = (0, 3, 1, 2)
@@ -88,6 +101,18 @@ class ConcatChannelsFirst(nn.Cell):
         return self.transpose(self.concat(tensors), TO_CHANNELS_FIRST)
 
 
+def _convert(net: GoogleNet, replace) -> GoogleNet:
+    """``net`` with its cells replaced by ``replace`` (NHWC forms) and its Inceptions concatenating on
+    the last axis, the last one transposing back to NCHW; in place."""
+    replace_children(net, replace)
+    inceptions = [cell for _, cell in net.cells_and_names() if isinstance(cell, Inception)]
+    for inception in inceptions:
+        inception.concat = ops.Concat(axis=3)
+    inceptions[-1].concat = ConcatChannelsFirst()
+    restore_parameter_names(net)
+    return net
+
+
 def to_channels_last(net: GoogleNet, library: Path) -> GoogleNet:
     """The folded ``net`` on NHWC activations and the oneDNN kernels of ``library``, in place (see the
     module's docstring). Call it after ``fold_batchnorm`` and before the network's first call."""
@@ -102,10 +127,124 @@ def to_channels_last(net: GoogleNet, library: Path) -> GoogleNet:
             return MaxPoolNhwc(window_side(cell.kernel_size), window_side(cell.stride), library)
         return None
 
-    replace_children(net, replace)
-    inceptions = [cell for _, cell in net.cells_and_names() if isinstance(cell, Inception)]
-    for inception in inceptions:
-        inception.concat = ops.Concat(axis=3)
-    inceptions[-1].concat = ConcatChannelsFirst()
-    restore_parameter_names(net)
-    return net
+    return _convert(net, replace)
+
+
+class ConvBatchNormReLUNhwc(nn.Cell):
+    """A ``Conv2dBlock`` (convolution, BatchNorm, ReLU; 'same' padding) on NHWC ``x`` (NCHW when
+    ``channels_first_input``: it is transposed first, and the kernel skips the gradient for ``x``,
+    an image, returning zeros). ``conv`` and ``bn`` are the block's own cells, kept for their
+    parameters; the computation is the kernel's."""
+
+    def __init__(self, block: Conv2dBlock, library: Path, channels_first_input: bool = False) -> None:
+        super().__init__()
+        self.conv, self.bn = block.conv, block.bn
+        stride = window_side(block.conv.stride)
+        self.channels_first_input = channels_first_input
+        self.transpose = ops.Transpose()
+        self.relu = ops.ReLU()
+        self.sqrt = ops.Sqrt()
+        # {stride, whether the gradient for x is wanted}; {epsilon, weight of the batch statistics}
+        self.spec = Tensor(np.array([stride, 0 if channels_first_input else 1], np.int64))
+        self.settings = Tensor(np.array([self.bn.eps, self.bn.momentum], np.float32))
+        zeros_like = ops.ZerosLike()
+
+        def output_shape(x_shape, w_shape, *others):
+            return [x_shape[0], -(-x_shape[1] // stride), -(-x_shape[2] // stride), w_shape[0]]
+
+        def conv_gradient_shape(dz_shape, x_shape, w_shape, spec_shape):
+            return x_shape, w_shape
+
+        conv_gradient = ops.Custom(f"{library}:ConvNhwcGrad", out_shape=conv_gradient_shape,
+                                   out_dtype=(mstype.float32,) * 2, func_type="aot")
+
+        def conv_bprop(x, weight, spec, out, dout):
+            dx, dweight = conv_gradient(dout, x, weight, spec)
+            return dx, dweight, zeros_like(spec)
+
+        self.conv_nhwc = ops.Custom(f"{library}:ConvNhwc", out_shape=output_shape, out_dtype=first_input_type,
+                                    func_type="aot", bprop=conv_bprop)
+
+        def train_shape(x_shape, w_shape, *others):
+            y_shape = output_shape(x_shape, w_shape)
+            return y_shape, y_shape, [w_shape[0]], [w_shape[0]]
+
+        def train_gradient_shape(dy_shape, x_shape, w_shape, *others):
+            return x_shape, w_shape, [w_shape[0]], [w_shape[0]]
+
+        train_gradient = ops.Custom(f"{library}:ConvBatchNormReluNhwcGrad", out_shape=train_gradient_shape,
+                                    out_dtype=(mstype.float32,) * 4, func_type="aot")
+
+        def train_bprop(x, weight, gamma, beta, moving_mean, moving_variance, settings, spec, out, dout):
+            y, z, mean, variance = out
+            dx, dweight, dgamma, dbeta = train_gradient(dout[0], x, weight, z, y, gamma, mean, variance, settings,
+                                                        spec)
+            return (dx, dweight, dgamma, dbeta, zeros_like(moving_mean), zeros_like(moving_variance),
+                    zeros_like(settings), zeros_like(spec))
+
+        # inputs: x, the filter, gamma, beta, moving mean and variance (written), settings, spec;
+        # outputs: y, the convolution's output z, the batch's mean and variance
+        self.train_nhwc = writes_inputs(ops.Custom(f"{library}:ConvBatchNormReluNhwcTrain", out_shape=train_shape,
+                                                   out_dtype=(mstype.float32,) * 4, func_type="aot",
+                                                   bprop=train_bprop),
+                                        [False, False, False, False, True, True, False, False])
+
+    def batch_statistics(self) -> bool:
+        """Whether BatchNorm normalises with the batch's statistics (as ``nn.BatchNorm2d`` decides it)."""
+        return self.bn.training if self.bn.use_batch_statistics is None else self.bn.use_batch_statistics
+
+    def construct(self, x: Tensor) -> Tensor:
+        if self.channels_first_input:
+            x = self.transpose(x, TO_CHANNELS_LAST)
+        bn = self.bn
+        if self.batch_statistics():  # decided when the graph is compiled
+            return self.train_nhwc(x, self.conv.weight, bn.gamma, bn.beta, bn.moving_mean, bn.moving_variance,
+                                   self.settings, self.spec)[0]
+        scale = bn.gamma / self.sqrt(bn.moving_variance + bn.eps)
+        return self.relu(self.conv_nhwc(x, self.conv.weight, self.spec) * scale + (bn.beta - bn.moving_mean * scale))
+
+
+class MaxPoolNhwcTrain(nn.Cell):
+    """``nn.MaxPool2d(kernel_size, stride, pad_mode="same")`` on NHWC input, with its gradient."""
+
+    def __init__(self, kernel_size: int, stride: int, library: Path) -> None:
+        super().__init__()
+        self.spec = Tensor(np.array([kernel_size, stride], np.int64))
+        zeros_like = ops.ZerosLike()
+
+        def output_shape(x_shape, spec_shape):
+            shape = [x_shape[0], math.ceil(x_shape[1] / stride), math.ceil(x_shape[2] / stride), x_shape[3]]
+            return shape, shape
+
+        def like_input(dy, workspace, x, spec):
+            return x
+
+        gradient = ops.Custom(f"{library}:MaxPoolNhwcGrad", out_shape=like_input, out_dtype=like_input,
+                              func_type="aot")
+
+        def bprop(x, spec, out, dout):
+            return gradient(dout[0], out[1], x, spec), zeros_like(spec)
+
+        # outputs: y, and where each maximum was (oneDNN's workspace, one byte per output value)
+        self.pool = ops.Custom(f"{library}:MaxPoolNhwcTrain", out_shape=output_shape,
+                               out_dtype=(mstype.float32, mstype.uint8), func_type="aot", bprop=bprop)
+
+    def construct(self, x: Tensor) -> Tensor:
+        return self.pool(x, self.spec)[0]
+
+
+def to_channels_last_training(net: GoogleNet, library: Path) -> GoogleNet:
+    """``net``, as built (plain cells), on NHWC activations and the oneDNN kernels of ``library`` for
+    training and evaluation, in place (see the module's docstring). Call it before the first call."""
+    if not isinstance(net.conv1, Conv2dBlock):
+        raise ValueError("to_channels_last_training needs a network of plain cells (create_model)")
+    first = net.conv1
+
+    def replace(cell: nn.Cell) -> nn.Cell | None:
+        if isinstance(cell, Conv2dBlock):
+            return ConvBatchNormReLUNhwc(cell, library, channels_first_input=cell is first)
+        if isinstance(cell, nn.MaxPool2d):
+            return MaxPoolNhwcTrain(window_side(cell.kernel_size), window_side(cell.stride), library)
+        return None
+
+    return _convert(net, replace)

@@ -39,14 +39,31 @@ class Ranks:
         return self.rank_id == 0
 
 
+_cap = {"set_here": False}
+
+
 def cap_cpu_kernels() -> None:
     """Keep oneDNN on its fast kernels unless the user chose an ISA cap already."""
     if ONEDNN_ISA_VARIABLE in os.environ:
         logger.info("%s=%s (set by the user)", ONEDNN_ISA_VARIABLE, os.environ[ONEDNN_ISA_VARIABLE])
         return
     os.environ[ONEDNN_ISA_VARIABLE] = ONEDNN_ISA_DEFAULT
+    _cap["set_here"] = True
     logger.info("%s=%s set for fast CPU convolutions (export %s=<isa> to choose another)",
                 ONEDNN_ISA_VARIABLE, ONEDNN_ISA_DEFAULT, ONEDNN_ISA_VARIABLE)
+
+
+def lift_cpu_kernel_cap() -> None:
+    """The cap that ``cap_cpu_kernels`` set, taken back: for a network whose every convolution and
+    pool runs on the CPU layer's own oneDNN primitives (channels-last), in layouts oneDNN chooses,
+    so that they may use the whole instruction set (AVX-512 where the CPU has it). oneDNN reads the
+    variable once, when it first needs it: call this before the network's first call. A cap the user
+    set stays."""
+    if _cap["set_here"] and os.environ.get(ONEDNN_ISA_VARIABLE) == ONEDNN_ISA_DEFAULT:
+        del os.environ[ONEDNN_ISA_VARIABLE]
+        _cap["set_here"] = False
+        logger.info("%s lifted: every convolution and pool runs on the channels-last oneDNN kernels",
+                    ONEDNN_ISA_VARIABLE)
 
 
 # msrun starts the training script in two roles: once per worker, and once more as the scheduler,

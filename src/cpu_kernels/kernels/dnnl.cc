@@ -112,12 +112,12 @@ struct Primitive {
   const_dnnl_memory_desc_t weights = nullptr;            // the layout oneDNN chose for the weights
 };
 
-// Makes the primitive for `key` once (`make` fills it; false: oneDNN refused) and keeps it.
-template <typename Key, typename Make>
-Primitive *Cached(std::map<Key, std::unique_ptr<Primitive>> &cache, const Key &key, Make make) {
+// Makes the primitive(s) for `key` once (`make` fills them; false: oneDNN refused) and keeps them.
+template <typename Key, typename Value, typename Make>
+Value *Cached(std::map<Key, std::unique_ptr<Value>> &cache, const Key &key, Make make) {
   auto found = cache.find(key);
   if (found != cache.end()) return found->second.get();
-  auto made = std::make_unique<Primitive>();
+  auto made = std::make_unique<Value>();
   if (!make(made.get())) return nullptr;
   return cache.emplace(key, std::move(made)).first->second.get();
 }
@@ -257,6 +257,191 @@ bool MakePool(const PoolKey &key, Primitive *p) {
 
 bool NhwcShape(int ndim, const int64_t *shape) { return ndim == 4 && shape[0] > 0 && shape[1] > 0 && shape[2] > 0; }
 
+// ---- training: convolution (+ BatchNorm + ReLU) and max pooling with their gradients ----
+// The filters change every step, so they are reordered into the layouts oneDNN chose on every call
+// (forward and backward-data layouts may differ) and the filter gradient back into OIHW.
+
+using TrainConvKey = std::array<int64_t, 6>;  // n, h, w, c, oc, k; stride in the last place below
+using TrainKey = std::pair<TrainConvKey, int64_t>;
+
+// All primitives of one training convolution shape, and the memory for the filters in their layouts.
+struct TrainConv {
+  Primitive forward, backward_data, backward_weights;
+  Primitive to_forward, to_backward_data, from_diff_weights;  // reorders of the filter and its gradient
+  dnnl_memory_t forward_weights = nullptr, backward_data_weights = nullptr, diff_weights = nullptr;
+};
+
+bool MakeReorder(Primitive *p, const_dnnl_memory_desc_t from, const_dnnl_memory_desc_t to) {
+  Context &context = Context::Get();
+  return Ok(dnnl_reorder_primitive_desc_create(&p->desc, from, context.engine, to, context.engine, nullptr)) &&
+         Ok(dnnl_primitive_create(&p->primitive, p->desc)) && AddArgument(p, DNNL_ARG_FROM, from) &&
+         AddArgument(p, DNNL_ARG_TO, to);
+}
+
+bool Allocate(dnnl_memory_t *memory, const_dnnl_memory_desc_t desc) {
+  return Ok(dnnl_memory_create(memory, desc, Context::Get().engine, DNNL_MEMORY_ALLOCATE));
+}
+
+void *Data(dnnl_memory_t memory) {
+  void *data = nullptr;
+  dnnl_memory_get_data_handle(memory, &data);
+  return data;
+}
+
+bool MakeTrainConv(const TrainKey &key, TrainConv *t) {
+  const auto [n, h, w, c, oc, k] = key.first;
+  const int64_t stride = key.second;
+  const SamePadding rows(h, k, stride), cols(w, k, stride);
+  const dnnl_engine_t engine = Context::Get().engine;
+  dnnl_memory_desc_t src = Describe({n, c, h, w}, dnnl_nhwc);
+  dnnl_memory_desc_t any = Describe({oc, c, k, k}, dnnl_format_tag_any);
+  dnnl_memory_desc_t plain = Describe({oc, c, k, k}, dnnl_oihw);
+  dnnl_memory_desc_t dst = Describe({n, oc, rows.out, cols.out}, dnnl_nhwc);
+  const dnnl_dims_t strides = {stride, stride}, dilation = {0, 0};
+  const dnnl_dims_t before = {rows.before, cols.before}, after = {rows.after, cols.after};
+  bool ok = src && any && plain && dst &&
+            Ok(dnnl_convolution_forward_primitive_desc_create(&t->forward.desc, engine, dnnl_forward_training,
+                                                              dnnl_convolution_direct, src, any, nullptr, dst, strides,
+                                                              dilation, before, after, nullptr)) &&
+            Ok(dnnl_convolution_backward_data_primitive_desc_create(&t->backward_data.desc, engine,
+                                                                    dnnl_convolution_direct, src, any, dst, strides,
+                                                                    dilation, before, after, t->forward.desc,
+                                                                    nullptr)) &&
+            Ok(dnnl_convolution_backward_weights_primitive_desc_create(&t->backward_weights.desc, engine,
+                                                                       dnnl_convolution_direct, src, any, nullptr, dst,
+                                                                       strides, dilation, before, after,
+                                                                       t->forward.desc, nullptr));
+  if (ok) {
+    const_dnnl_memory_desc_t forward_weights = dnnl_primitive_desc_query_md(t->forward.desc, dnnl_query_weights_md, 0);
+    const_dnnl_memory_desc_t data_weights =
+        dnnl_primitive_desc_query_md(t->backward_data.desc, dnnl_query_weights_md, 0);
+    const_dnnl_memory_desc_t diff_weights =
+        dnnl_primitive_desc_query_md(t->backward_weights.desc, dnnl_query_diff_weights_md, 0);
+    ok = Ok(dnnl_primitive_create(&t->forward.primitive, t->forward.desc)) &&
+         Ok(dnnl_primitive_create(&t->backward_data.primitive, t->backward_data.desc)) &&
+         Ok(dnnl_primitive_create(&t->backward_weights.primitive, t->backward_weights.desc)) &&
+         AddArgument(&t->forward, DNNL_ARG_SRC, src) && AddArgument(&t->forward, DNNL_ARG_WEIGHTS, forward_weights) &&
+         AddArgument(&t->forward, DNNL_ARG_DST, dst) &&
+         AddArgument(&t->backward_data, DNNL_ARG_DIFF_DST, dst) &&
+         AddArgument(&t->backward_data, DNNL_ARG_WEIGHTS, data_weights) &&
+         AddArgument(&t->backward_data, DNNL_ARG_DIFF_SRC, src) &&
+         AddArgument(&t->backward_weights, DNNL_ARG_SRC, src) &&
+         AddArgument(&t->backward_weights, DNNL_ARG_DIFF_DST, dst) &&
+         AddArgument(&t->backward_weights, DNNL_ARG_DIFF_WEIGHTS, diff_weights) &&
+         MakeReorder(&t->to_forward, plain, forward_weights) && MakeReorder(&t->to_backward_data, plain, data_weights) &&
+         MakeReorder(&t->from_diff_weights, diff_weights, plain) && Allocate(&t->forward_weights, forward_weights) &&
+         Allocate(&t->backward_data_weights, data_weights) && Allocate(&t->diff_weights, diff_weights);
+  }
+  for (dnnl_memory_desc_t desc : {src, any, plain, dst}) dnnl_memory_desc_destroy(desc);
+  return ok;
+}
+
+// z = conv(x, w), x and z NHWC, w OIHW.
+bool ConvForward(TrainConv *t, const void *x, const void *w, void *z) {
+  return Execute(&t->to_forward, {const_cast<void *>(w), Data(t->forward_weights)}) &&
+         Execute(&t->forward, {const_cast<void *>(x), Data(t->forward_weights), z});
+}
+
+// dx and dw (OIHW) from dz; dx skipped when null.
+bool ConvBackward(TrainConv *t, const void *dz, const void *x, const void *w, void *dx, void *dw) {
+  if (dx != nullptr && !(Execute(&t->to_backward_data, {const_cast<void *>(w), Data(t->backward_data_weights)}) &&
+                         Execute(&t->backward_data, {const_cast<void *>(dz), Data(t->backward_data_weights), dx}))) {
+    return false;
+  }
+  return Execute(&t->backward_weights, {const_cast<void *>(x), const_cast<void *>(dz), Data(t->diff_weights)}) &&
+         Execute(&t->from_diff_weights, {Data(t->diff_weights), dw});
+}
+
+// BatchNorm with batch statistics then ReLU, on NHWC z of `count` values per channel, and its gradient.
+using NormKey = std::array<int64_t, 4>;  // n, h, w, c
+struct TrainNorm {
+  Primitive forward, relu, relu_backward, backward;
+  float epsilon = 0.0f;
+};
+
+bool MakeTrainNorm(const NormKey &key, float epsilon, TrainNorm *t) {
+  const auto [n, h, w, c] = key;
+  const dnnl_engine_t engine = Context::Get().engine;
+  t->epsilon = epsilon;
+  dnnl_memory_desc_t data = Describe({n, c, h, w}, dnnl_nhwc);
+  dnnl_memory_desc_t channels = Describe({c}, dnnl_a);
+  const unsigned flags = dnnl_use_scale | dnnl_use_shift;
+  bool ok = data && channels &&
+            Ok(dnnl_batch_normalization_forward_primitive_desc_create(&t->forward.desc, engine, dnnl_forward_training,
+                                                                      data, data, epsilon, flags, nullptr)) &&
+            Ok(dnnl_batch_normalization_backward_primitive_desc_create(&t->backward.desc, engine, dnnl_backward, data,
+                                                                       data, data, epsilon, flags, t->forward.desc,
+                                                                       nullptr)) &&
+            Ok(dnnl_eltwise_forward_primitive_desc_create(&t->relu.desc, engine, dnnl_forward_training,
+                                                          dnnl_eltwise_relu_use_dst_for_bwd, data, data, 0.0f, 0.0f,
+                                                          nullptr)) &&
+            Ok(dnnl_eltwise_backward_primitive_desc_create(&t->relu_backward.desc, engine,
+                                                           dnnl_eltwise_relu_use_dst_for_bwd, data, data, data, 0.0f,
+                                                           0.0f, t->relu.desc, nullptr)) &&
+            Ok(dnnl_primitive_create(&t->forward.primitive, t->forward.desc)) &&
+            Ok(dnnl_primitive_create(&t->backward.primitive, t->backward.desc)) &&
+            Ok(dnnl_primitive_create(&t->relu.primitive, t->relu.desc)) &&
+            Ok(dnnl_primitive_create(&t->relu_backward.primitive, t->relu_backward.desc));
+  ok = ok && AddArgument(&t->forward, DNNL_ARG_SRC, data) && AddArgument(&t->forward, DNNL_ARG_SCALE, channels) &&
+       AddArgument(&t->forward, DNNL_ARG_SHIFT, channels) && AddArgument(&t->forward, DNNL_ARG_DST, data) &&
+       AddArgument(&t->forward, DNNL_ARG_MEAN, channels) && AddArgument(&t->forward, DNNL_ARG_VARIANCE, channels) &&
+       AddArgument(&t->relu, DNNL_ARG_SRC, data) && AddArgument(&t->relu, DNNL_ARG_DST, data) &&
+       AddArgument(&t->relu_backward, DNNL_ARG_DST, data) && AddArgument(&t->relu_backward, DNNL_ARG_DIFF_DST, data) &&
+       AddArgument(&t->relu_backward, DNNL_ARG_DIFF_SRC, data) && AddArgument(&t->backward, DNNL_ARG_SRC, data) &&
+       AddArgument(&t->backward, DNNL_ARG_MEAN, channels) && AddArgument(&t->backward, DNNL_ARG_VARIANCE, channels) &&
+       AddArgument(&t->backward, DNNL_ARG_DIFF_DST, data) && AddArgument(&t->backward, DNNL_ARG_SCALE, channels) &&
+       AddArgument(&t->backward, DNNL_ARG_DIFF_SRC, data) && AddArgument(&t->backward, DNNL_ARG_DIFF_SCALE, channels) &&
+       AddArgument(&t->backward, DNNL_ARG_DIFF_SHIFT, channels);
+  dnnl_memory_desc_destroy(data);
+  dnnl_memory_desc_destroy(channels);
+  return ok;
+}
+
+// Scratch for the gradients' intermediates, grown as needed. Calls are serialised (Context::mutex).
+float *Scratch(int which, int64_t values) {
+  static std::vector<float> buffers[2];
+  if (static_cast<int64_t>(buffers[which].size()) < values) buffers[which].resize(values);
+  return buffers[which].data();
+}
+
+// ---- training max pooling: the forward pass keeps the position of each maximum (oneDNN's workspace) ----
+
+struct TrainPool {
+  Primitive forward, backward;
+};
+
+bool MakeTrainPool(const PoolKey &key, TrainPool *t) {
+  const auto [n, h, w, c, k, stride] = key;
+  const SamePadding rows(h, k, stride), cols(w, k, stride);
+  const dnnl_engine_t engine = Context::Get().engine;
+  dnnl_memory_desc_t src = Describe({n, c, h, w}, dnnl_nhwc);
+  dnnl_memory_desc_t dst = Describe({n, c, rows.out, cols.out}, dnnl_nhwc);
+  const dnnl_dims_t strides = {stride, stride}, kernel = {k, k}, dilation = {0, 0};
+  const dnnl_dims_t before = {rows.before, cols.before}, after = {rows.after, cols.after};
+  bool ok = src && dst &&
+            Ok(dnnl_pooling_forward_primitive_desc_create(&t->forward.desc, engine, dnnl_forward_training,
+                                                          dnnl_pooling_max, src, dst, strides, kernel, dilation, before,
+                                                          after, nullptr)) &&
+            Ok(dnnl_pooling_backward_primitive_desc_create(&t->backward.desc, engine, dnnl_pooling_max, src, dst,
+                                                           strides, kernel, dilation, before, after, t->forward.desc,
+                                                           nullptr)) &&
+            Ok(dnnl_primitive_create(&t->forward.primitive, t->forward.desc)) &&
+            Ok(dnnl_primitive_create(&t->backward.primitive, t->backward.desc));
+  if (ok) {
+    // the workspace must be one byte per output value, in the output's layout (the op's second output)
+    const_dnnl_memory_desc_t workspace = dnnl_primitive_desc_query_md(t->forward.desc, dnnl_query_workspace_md, 0);
+    ok = workspace != nullptr && dnnl_memory_desc_get_size(workspace) == dnnl_memory_desc_get_size(dst) / sizeof(float) &&
+         AddArgument(&t->forward, DNNL_ARG_SRC, src) && AddArgument(&t->forward, DNNL_ARG_DST, dst) &&
+         AddArgument(&t->forward, DNNL_ARG_WORKSPACE, workspace) &&
+         AddArgument(&t->backward, DNNL_ARG_DIFF_DST, dst) && AddArgument(&t->backward, DNNL_ARG_WORKSPACE, workspace) &&
+         AddArgument(&t->backward, DNNL_ARG_DIFF_SRC, src);
+  }
+  dnnl_memory_desc_destroy(src);
+  dnnl_memory_desc_destroy(dst);
+  return ok;
+}
+
+
 }  // namespace
 
 extern "C" {
@@ -317,6 +502,192 @@ int MaxPoolNhwc(int nparam, void **params, int *ndims, int64_t **shapes, const c
   static std::map<PoolKey, std::unique_ptr<Primitive>> primitives;
   Primitive *p = context.ok ? Cached(primitives, key, [&](Primitive *made) { return MakePool(key, made); }) : nullptr;
   return p != nullptr && Execute(p, {params[0], params[2]}) ? 0 : 4;
+}
+
+}  // extern "C"
+
+// ---- training entry points ----
+// spec[2] int64 = {stride, input gradient wanted (0: the gradient for x is zeros, as for conv1's image)}
+
+namespace {
+
+bool Float32Params(const char **dtypes, std::initializer_list<int> which) {
+  for (int i : which) {
+    if (!IsFloat32(dtypes[i])) return false;
+  }
+  return true;
+}
+
+// The training convolution for input shape x and filter shape w with `spec`, or null (3: shapes, 4: oneDNN).
+TrainConv *TrainConvFor(const int64_t *x, int x_ndim, const int64_t *w, int w_ndim, const int64_t *spec, int *error) {
+  *error = 3;
+  if (!NhwcShape(x_ndim, x) || w_ndim != 4 || w[1] != x[3] || w[2] != w[3] || w[2] % 2 != 1 || spec[0] < 1) {
+    return nullptr;
+  }
+  *error = 4;
+  Context &context = Context::Get();
+  if (!context.ok) return nullptr;
+  static std::map<TrainKey, std::unique_ptr<TrainConv>> primitives;
+  const TrainKey key{{x[0], x[1], x[2], x[3], w[0], w[2]}, spec[0]};
+  return Cached(primitives, key, [&](TrainConv *made) { return MakeTrainConv(key, made); });
+}
+
+bool ConvOutputShape(const int64_t *x, const int64_t *w, const int64_t *spec, const int64_t *y) {
+  const SamePadding rows(x[1], w[2], spec[0]), cols(x[2], w[2], spec[0]);
+  return y[0] == x[0] && y[1] == rows.out && y[2] == cols.out && y[3] == w[0];
+}
+
+TrainNorm *TrainNormFor(const int64_t *z, float epsilon) {
+  static std::map<std::pair<NormKey, float>, std::unique_ptr<TrainNorm>> primitives;
+  const NormKey key{z[0], z[1], z[2], z[3]};
+  return Cached(primitives, std::make_pair(key, epsilon),
+                [&](TrainNorm *made) { return MakeTrainNorm(key, epsilon, made); });
+}
+
+TrainPool *TrainPoolFor(const PoolKey &key) {
+  static std::map<PoolKey, std::unique_ptr<TrainPool>> primitives;
+  return Cached(primitives, key, [&](TrainPool *made) { return MakeTrainPool(key, made); });
+}
+
+int64_t Values(const int64_t *shape) { return shape[0] * shape[1] * shape[2] * shape[3]; }
+
+// dx when the spec wants it, else zeros in dx and null.
+void *InputGradient(void *dx, const int64_t *x, const int64_t *spec) {
+  if (spec[1] != 0) return dx;
+  std::memset(dx, 0, Values(x) * sizeof(float));
+  return nullptr;
+}
+
+}  // namespace
+
+extern "C" {
+
+// ConvNhwc(x[N,H,W,C], w[OC,C,K,K], spec) -> z[N,H',W',OC] = conv(x, w), 'same' padding
+int ConvNhwc(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
+  if (nparam != 4) return 1;
+  if (!Float32Params(dtypes, {0, 1, 3})) return 2;
+  const auto *spec = static_cast<const int64_t *>(params[2]);
+  Context &context = Context::Get();
+  std::lock_guard<std::mutex> lock(context.mutex);
+  int error = 0;
+  TrainConv *t = TrainConvFor(shapes[0], ndims[0], shapes[1], ndims[1], spec, &error);
+  if (t == nullptr) return error;
+  if (!ConvOutputShape(shapes[0], shapes[1], spec, shapes[3])) return 3;
+  return ConvForward(t, params[0], params[1], params[3]) ? 0 : 4;
+}
+
+// ConvNhwcGrad(dz, x, w, spec) -> dx[N,H,W,C], dw[OC,C,K,K]
+int ConvNhwcGrad(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
+  if (nparam != 6) return 1;
+  if (!Float32Params(dtypes, {0, 1, 2, 4, 5})) return 2;
+  const auto *spec = static_cast<const int64_t *>(params[3]);
+  Context &context = Context::Get();
+  std::lock_guard<std::mutex> lock(context.mutex);
+  int error = 0;
+  TrainConv *t = TrainConvFor(shapes[1], ndims[1], shapes[2], ndims[2], spec, &error);
+  if (t == nullptr) return error;
+  if (!ConvOutputShape(shapes[1], shapes[2], spec, shapes[0])) return 3;
+  return ConvBackward(t, params[0], params[1], params[2], InputGradient(params[4], shapes[1], spec), params[5]) ? 0
+                                                                                                                 : 4;
+}
+
+// ConvBatchNormReluNhwcTrain(x, w, gamma[OC], beta[OC], moving_mean[OC], moving_variance[OC] (both updated in
+// place), settings[2] float32 = {epsilon, momentum}, spec) -> y = relu(batchnorm(z)), z = conv(x, w), the
+// batch's mean[OC] and (biased) variance[OC]. The moving statistics take weight `momentum` for the batch's
+// mean and unbiased variance, as MindSpore's BatchNorm does.
+int ConvBatchNormReluNhwcTrain(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
+                               void *) {
+  if (nparam != 12) return 1;
+  if (!Float32Params(dtypes, {0, 1, 2, 3, 4, 5, 6, 8, 9, 10, 11})) return 2;
+  const auto *spec = static_cast<const int64_t *>(params[7]);
+  const auto *settings = static_cast<const float *>(params[6]);
+  const int64_t *z_shape = shapes[9];
+  const int64_t channels = shapes[1][0];
+  for (int i : {2, 3, 4, 5}) {
+    if (ndims[i] != 1 || shapes[i][0] != channels) return 3;
+  }
+  Context &context = Context::Get();
+  std::lock_guard<std::mutex> lock(context.mutex);
+  int error = 0;
+  TrainConv *t = TrainConvFor(shapes[0], ndims[0], shapes[1], ndims[1], spec, &error);
+  if (t == nullptr) return error;
+  if (!ConvOutputShape(shapes[0], shapes[1], spec, shapes[8]) || !ConvOutputShape(shapes[0], shapes[1], spec, z_shape)) {
+    return 3;
+  }
+  TrainNorm *norm = TrainNormFor(z_shape, settings[0]);
+  if (norm == nullptr) return 4;
+  auto *mean = static_cast<float *>(params[10]), *variance = static_cast<float *>(params[11]);
+  if (!ConvForward(t, params[0], params[1], params[9]) ||
+      !Execute(&norm->forward, {params[9], params[2], params[3], params[8], mean, variance}) ||
+      !Execute(&norm->relu, {params[8], params[8]})) {
+    return 4;
+  }
+  const double per_channel = static_cast<double>(z_shape[0] * z_shape[1] * z_shape[2]);
+  const double momentum = settings[1], unbiased = per_channel / std::max(per_channel - 1.0, 1.0);
+  auto *moving_mean = static_cast<float *>(params[4]), *moving_variance = static_cast<float *>(params[5]);
+  for (int64_t ch = 0; ch < channels; ++ch) {
+    moving_mean[ch] = static_cast<float>((1.0 - momentum) * moving_mean[ch] + momentum * mean[ch]);
+    moving_variance[ch] = static_cast<float>((1.0 - momentum) * moving_variance[ch] + momentum * variance[ch] * unbiased);
+  }
+  return 0;
+}
+
+// ConvBatchNormReluNhwcGrad(dy, x, w, z, y, gamma, mean, variance, settings, spec) -> dx, dw, dgamma, dbeta
+int ConvBatchNormReluNhwcGrad(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
+                              void *) {
+  if (nparam != 14) return 1;
+  if (!Float32Params(dtypes, {0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13})) return 2;
+  const auto *spec = static_cast<const int64_t *>(params[9]);
+  const auto *settings = static_cast<const float *>(params[8]);
+  const int64_t *z_shape = shapes[3];
+  Context &context = Context::Get();
+  std::lock_guard<std::mutex> lock(context.mutex);
+  int error = 0;
+  TrainConv *t = TrainConvFor(shapes[1], ndims[1], shapes[2], ndims[2], spec, &error);
+  if (t == nullptr) return error;
+  if (!ConvOutputShape(shapes[1], shapes[2], spec, z_shape) || !ConvOutputShape(shapes[1], shapes[2], spec, shapes[0]) ||
+      !ConvOutputShape(shapes[1], shapes[2], spec, shapes[4])) {
+    return 3;
+  }
+  TrainNorm *norm = TrainNormFor(z_shape, settings[0]);
+  if (norm == nullptr) return 4;
+  float *dnormalised = Scratch(0, Values(z_shape)), *dz = Scratch(1, Values(z_shape));
+  const bool ok = Execute(&norm->relu_backward, {params[4], params[0], dnormalised}) &&
+                  Execute(&norm->backward, {params[3], params[6], params[7], dnormalised, params[5], dz, params[12],
+                                            params[13]}) &&
+                  ConvBackward(t, dz, params[1], params[2], InputGradient(params[10], shapes[1], spec), params[11]);
+  return ok ? 0 : 4;
+}
+
+// MaxPoolNhwcTrain(x, spec[2] = {kernel, stride}) -> y, workspace[N,H',W',C] uint8 (where each maximum was,
+// oneDNN's own encoding; only MaxPoolNhwcGrad reads it)
+int MaxPoolNhwcTrain(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
+  if (nparam != 4) return 1;
+  if (!IsFloat32(dtypes[0]) || !IsFloat32(dtypes[2]) || std::strcmp(dtypes[3], "uint8") != 0) return 2;
+  const int64_t *x = shapes[0], *y = shapes[2];
+  if (!NhwcShape(ndims[0], x) || shapes[1][0] != 2) return 3;
+  const auto *spec = static_cast<const int64_t *>(params[1]);
+  const PoolKey key{x[0], x[1], x[2], x[3], spec[0], spec[1]};
+  const SamePadding rows(x[1], spec[0], spec[1]), cols(x[2], spec[0], spec[1]);
+  if (spec[0] < 1 || spec[1] < 1 || y[0] != x[0] || y[1] != rows.out || y[2] != cols.out || y[3] != x[3]) return 3;
+  Context &context = Context::Get();
+  std::lock_guard<std::mutex> lock(context.mutex);
+  TrainPool *t = context.ok ? TrainPoolFor(key) : nullptr;
+  return t != nullptr && Execute(&t->forward, {params[0], params[2], params[3]}) ? 0 : 4;
+}
+
+// MaxPoolNhwcGrad(dy, workspace, x, spec) -> dx
+int MaxPoolNhwcGrad(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
+  if (nparam != 5) return 1;
+  if (!IsFloat32(dtypes[0]) || !IsFloat32(dtypes[4]) || std::strcmp(dtypes[1], "uint8") != 0) return 2;
+  const int64_t *x = shapes[2];
+  if (!NhwcShape(ndims[2], x) || shapes[3][0] != 2) return 3;
+  const auto *spec = static_cast<const int64_t *>(params[3]);
+  const PoolKey key{x[0], x[1], x[2], x[3], spec[0], spec[1]};
+  Context &context = Context::Get();
+  std::lock_guard<std::mutex> lock(context.mutex);
+  TrainPool *t = context.ok ? TrainPoolFor(key) : nullptr;
+  return t != nullptr && Execute(&t->backward, {params[0], params[1], params[4]}) ? 0 : 4;
 }
 
 }  // extern "C"

@@ -1,6 +1,6 @@
-// Inference convolutions and max pools on oneDNN with channels-last (NHWC) activations, for
-// MindSpore's CPU backend, loaded through ops.Custom(func_type="aot"); see
-// src/cpu_kernels/channels_last.py.
+// Convolutions (with BatchNorm and ReLU in training, bias and ReLU in inference) and max pools on
+// oneDNN with channels-last (NHWC) activations, forward and backward, for MindSpore's CPU backend,
+// loaded through ops.Custom(func_type="aot"); see src/cpu_kernels/channels_last.py.
 //
 // Which oneDNN: MindSpore's own lib/libdnnl.so.3 (3.10.1, already loaded in every MindSpore process),
 // compiled against the headers of PyPI's onednn-devel 2025.3.0 (oneDNN 3.9.1: oneDNN keeps its C API
@@ -9,16 +9,24 @@
 // check it is MindSpore's. That library is built with oneDNN's threadpool runtime: primitives run on a
 // stream that carries a threadpool, here the kernels' own workers (workers.h).
 //
-// The convolution lets oneDNN choose its weights' layout (format_tag::any) and fuses bias and ReLU
-// (the folded BatchNorm's shift, then ReLU as a post-op); its primitive is made once per shape, its
-// weights reordered into the chosen layout on a filter's first call and kept with a copy of the
-// values they came from (reordered again when the filter changes, as in conv.cc's PackedOnce).
+// The inference convolution lets oneDNN choose its weights' layout (format_tag::any) and fuses bias
+// and ReLU (the folded BatchNorm's shift, then ReLU as a post-op); its primitive is made once per
+// shape, its weights reordered into the chosen layout on a filter's first call and kept with a copy
+// of the values they came from (reordered again when the filter changes, as in conv.cc's PackedOnce).
+// The training primitives are made once per shape too; their filters change every step and are
+// reordered on every call.
 //
 // Entry points (the AOT calling convention: inputs then outputs in params):
 //   ConvBiasReluNhwc(x[N,H,W,C], w[OC,C,K,K], bias[OC], spec[2] int64 = {token, stride})
 //     -> y[N,ceil(H/s),ceil(W/s),OC] = relu(conv(x, w) + bias), 'same' padding as MindSpore's
 //   MaxPoolNhwc(x[N,H,W,C], spec[2] int64 = {kernel, stride}) -> y[N,ceil(H/s),ceil(W/s),C], 'same'
 //   ChannelsLastVersion(x[1]) -> v[3] (major, minor, patch of the oneDNN library in use)
+// and for training, with spec[2] int64 = {stride, input gradient wanted}:
+//   ConvNhwc(x, w, spec) -> z; ConvNhwcGrad(dz, x, w, spec) -> dx, dw
+//   ConvBatchNormReluNhwcTrain(x, w, gamma, beta, moving mean, moving variance, settings, spec)
+//     -> y, z, batch mean, batch variance; ConvBatchNormReluNhwcGrad(...) -> dx, dw, dgamma, dbeta
+//   MaxPoolNhwcTrain(x, {kernel, stride}) -> y, workspace; MaxPoolNhwcGrad(dy, workspace, x, spec) -> dx
+// (each described where it is defined).
 // Return codes: 0 success, 1 argument count, 2 dtype, 3 shape, 4 a oneDNN call failed.
 
 #include <dlfcn.h>
@@ -511,6 +519,9 @@ int MaxPoolNhwc(int nparam, void **params, int *ndims, int64_t **shapes, const c
 
 namespace {
 
+// A settings or spec input: two values.
+bool Pair(int ndim, const int64_t *shape) { return ndim == 1 && shape[0] == 2; }
+
 bool Float32Params(const char **dtypes, std::initializer_list<int> which) {
   for (int i : which) {
     if (!IsFloat32(dtypes[i])) return false;
@@ -566,6 +577,7 @@ extern "C" {
 int ConvNhwc(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
   if (nparam != 4) return 1;
   if (!Float32Params(dtypes, {0, 1, 3})) return 2;
+  if (!Pair(ndims[2], shapes[2])) return 3;
   const auto *spec = static_cast<const int64_t *>(params[2]);
   Context &context = Context::Get();
   std::lock_guard<std::mutex> lock(context.mutex);
@@ -580,6 +592,7 @@ int ConvNhwc(int nparam, void **params, int *ndims, int64_t **shapes, const char
 int ConvNhwcGrad(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
   if (nparam != 6) return 1;
   if (!Float32Params(dtypes, {0, 1, 2, 4, 5})) return 2;
+  if (!Pair(ndims[3], shapes[3])) return 3;
   const auto *spec = static_cast<const int64_t *>(params[3]);
   Context &context = Context::Get();
   std::lock_guard<std::mutex> lock(context.mutex);
@@ -599,6 +612,7 @@ int ConvBatchNormReluNhwcTrain(int nparam, void **params, int *ndims, int64_t **
                                void *) {
   if (nparam != 12) return 1;
   if (!Float32Params(dtypes, {0, 1, 2, 3, 4, 5, 6, 8, 9, 10, 11})) return 2;
+  if (!Pair(ndims[6], shapes[6]) || !Pair(ndims[7], shapes[7])) return 3;
   const auto *spec = static_cast<const int64_t *>(params[7]);
   const auto *settings = static_cast<const float *>(params[6]);
   const int64_t *z_shape = shapes[9];
@@ -637,6 +651,7 @@ int ConvBatchNormReluNhwcGrad(int nparam, void **params, int *ndims, int64_t **s
                               void *) {
   if (nparam != 14) return 1;
   if (!Float32Params(dtypes, {0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13})) return 2;
+  if (!Pair(ndims[8], shapes[8]) || !Pair(ndims[9], shapes[9])) return 3;
   const auto *spec = static_cast<const int64_t *>(params[9]);
   const auto *settings = static_cast<const float *>(params[8]);
   const int64_t *z_shape = shapes[3];

@@ -243,7 +243,8 @@ def machine_info() -> dict:
     model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                   if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
     info = {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(),
-            "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "(set by the MindSpore engine: AVX2)")}
+            "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA",
+                                                 "(MindSpore engines: AVX2, lifted when channels-last)")}
     for package in ("mindspore", "torch", "numpy"):
         spec = importlib.util.find_spec(package)
         info[package] = _version(package) if spec else None

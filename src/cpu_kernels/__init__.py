@@ -19,6 +19,8 @@ network). The kernels' sources are in ``kernels/``; ``build.py`` compiles them o
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import mindspore.nn as nn
 
 from src.cpu_kernels.blocks import fold_batchnorm, substitute_kernels
@@ -37,7 +39,7 @@ _LOG_LINES = {"max_pool": "max pooling: compiled CPU kernel %s",
               "conv": "stride-1 convolutions: compiled CPU kernel %s"}
 
 
-def channels_last_library(config):
+def _channels_last_library(config) -> Path | None:
     """The oneDNN kernel library when the config's ``channels_last`` applies (CPU, float32) and it
     builds, else None."""
     if not (config.channels_last and kernels_apply(config)):
@@ -53,7 +55,7 @@ def accelerate(net: nn.Cell, config) -> nn.Cell:
     """``net`` (plain cells, as built) for training, in place, logged: channels-last on oneDNN where
     ``channels_last`` applies; else the NCHW kernel forms the ``compiled_*`` keys ask for and this
     machine allows. Returns ``net``."""
-    library = channels_last_library(config)
+    library = _channels_last_library(config)
     if library is not None:
         to_channels_last_training(net, library)
         logger.info("convolution blocks and max pools: channels-last on oneDNN, compiled CPU kernel %s", library)
@@ -68,7 +70,7 @@ def fold_for_inference(net: nn.Cell, config) -> nn.Cell:
     """``net`` (plain cells, weights loaded) for inference only, in place: BatchNorm folded into the
     convolutions, then channels-last on oneDNN where ``channels_last`` applies, else on the NCHW
     kernels the ``compiled_*`` keys ask for (logged). Returns ``net``."""
-    library = channels_last_library(config)
+    library = _channels_last_library(config)
     if library is None:
         accelerate(net, config)
     fold_batchnorm(net)

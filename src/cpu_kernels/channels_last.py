@@ -101,9 +101,22 @@ class ConcatChannelsFirst(nn.Cell):
         return self.transpose(self.concat(tensors), TO_CHANNELS_FIRST)
 
 
-def _convert(net: GoogleNet, replace) -> GoogleNet:
-    """``net`` with its cells replaced by ``replace`` (NHWC forms) and its Inceptions concatenating on
-    the last axis, the last one transposing back to NCHW; in place."""
+def _convert(net: GoogleNet, library: Path, blocks: type, to_block, pools: tuple, to_pool) -> GoogleNet:
+    """``net``, in place, with every convolution block (of type ``blocks``) replaced by ``to_block(block,
+    library, channels_first_input)``, the input transposed by conv1's, every max pool (of the types
+    ``pools``) by ``to_pool(kernel, stride, library)``, and its Inceptions concatenating on the last
+    axis, the last one transposing back to NCHW."""
+    if not isinstance(net.conv1, blocks):
+        raise ValueError(f"expected a network whose convolution blocks are {blocks.__name__} cells")
+    first = net.conv1
+
+    def replace(cell: nn.Cell) -> nn.Cell | None:
+        if isinstance(cell, blocks):
+            return to_block(cell, library, channels_first_input=cell is first)
+        if isinstance(cell, pools):
+            return to_pool(window_side(cell.kernel_size), window_side(cell.stride), library)
+        return None
+
     replace_children(net, replace)
     inceptions = [cell for _, cell in net.cells_and_names() if isinstance(cell, Inception)]
     for inception in inceptions:
@@ -116,18 +129,7 @@ def _convert(net: GoogleNet, replace) -> GoogleNet:
 def to_channels_last(net: GoogleNet, library: Path) -> GoogleNet:
     """The folded ``net`` on NHWC activations and the oneDNN kernels of ``library``, in place (see the
     module's docstring). Call it after ``fold_batchnorm`` and before the network's first call."""
-    if not isinstance(net.conv1, ConvBiasReLU):
-        raise ValueError("to_channels_last needs a network whose convolution blocks are folded (fold_batchnorm)")
-    first = net.conv1
-
-    def replace(cell: nn.Cell) -> nn.Cell | None:
-        if isinstance(cell, ConvBiasReLU):
-            return ConvBiasReLUNhwc(cell, library, channels_first_input=cell is first)
-        if isinstance(cell, (nn.MaxPool2d, CompiledMaxPool2d)):
-            return MaxPoolNhwc(window_side(cell.kernel_size), window_side(cell.stride), library)
-        return None
-
-    return _convert(net, replace)
+    return _convert(net, library, ConvBiasReLU, ConvBiasReLUNhwc, (nn.MaxPool2d, CompiledMaxPool2d), MaxPoolNhwc)
 
 
 class ConvBatchNormReLUNhwc(nn.Cell):
@@ -236,15 +238,4 @@ class MaxPoolNhwcTrain(nn.Cell):
 def to_channels_last_training(net: GoogleNet, library: Path) -> GoogleNet:
     """``net``, as built (plain cells), on NHWC activations and the oneDNN kernels of ``library`` for
     training and evaluation, in place (see the module's docstring). Call it before the first call."""
-    if not isinstance(net.conv1, Conv2dBlock):
-        raise ValueError("to_channels_last_training needs a network of plain cells (create_model)")
-    first = net.conv1
-
-    def replace(cell: nn.Cell) -> nn.Cell | None:
-        if isinstance(cell, Conv2dBlock):
-            return ConvBatchNormReLUNhwc(cell, library, channels_first_input=cell is first)
-        if isinstance(cell, nn.MaxPool2d):
-            return MaxPoolNhwcTrain(window_side(cell.kernel_size), window_side(cell.stride), library)
-        return None
-
-    return _convert(net, replace)
+    return _convert(net, library, Conv2dBlock, ConvBatchNormReLUNhwc, (nn.MaxPool2d,), MaxPoolNhwcTrain)

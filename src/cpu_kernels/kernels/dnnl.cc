@@ -522,6 +522,14 @@ namespace {
 // A settings or spec input: two values.
 bool Pair(int ndim, const int64_t *shape) { return ndim == 1 && shape[0] == 2; }
 
+// Arguments `which` are vectors of `channels` values.
+bool PerChannel(const int *ndims, int64_t *const *shapes, std::initializer_list<int> which, int64_t channels) {
+  for (int i : which) {
+    if (ndims[i] != 1 || shapes[i][0] != channels) return false;
+  }
+  return true;
+}
+
 bool Float32Params(const char **dtypes, std::initializer_list<int> which) {
   for (int i : which) {
     if (!IsFloat32(dtypes[i])) return false;
@@ -529,10 +537,15 @@ bool Float32Params(const char **dtypes, std::initializer_list<int> which) {
   return true;
 }
 
-// The training convolution for input shape x and filter shape w with `spec`, or null (3: shapes, 4: oneDNN).
-TrainConv *TrainConvFor(const int64_t *x, int x_ndim, const int64_t *w, int w_ndim, const int64_t *spec, int *error) {
+// The training convolution of an entry point whose input x, filter w and spec are its arguments
+// number ix, iw and ispec (shapes checked), or null with *error set (3: shapes, 4: oneDNN). Called
+// with Context::mutex held.
+TrainConv *TrainConvFor(void **params, int *ndims, int64_t **shapes, int ix, int iw, int ispec, int *error) {
+  const int64_t *x = shapes[ix], *w = shapes[iw];
+  const auto *spec = static_cast<const int64_t *>(params[ispec]);
   *error = 3;
-  if (!NhwcShape(x_ndim, x) || w_ndim != 4 || w[1] != x[3] || w[2] != w[3] || w[2] % 2 != 1 || spec[0] < 1) {
+  if (!Pair(ndims[ispec], shapes[ispec]) || !NhwcShape(ndims[ix], x) || ndims[iw] != 4 || w[1] != x[3] ||
+      w[2] != w[3] || w[2] % 2 != 1 || spec[0] < 1) {
     return nullptr;
   }
   *error = 4;
@@ -577,12 +590,10 @@ extern "C" {
 int ConvNhwc(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
   if (nparam != 4) return 1;
   if (!Float32Params(dtypes, {0, 1, 3})) return 2;
-  if (!Pair(ndims[2], shapes[2])) return 3;
   const auto *spec = static_cast<const int64_t *>(params[2]);
-  Context &context = Context::Get();
-  std::lock_guard<std::mutex> lock(context.mutex);
+  std::lock_guard<std::mutex> lock(Context::Get().mutex);
   int error = 0;
-  TrainConv *t = TrainConvFor(shapes[0], ndims[0], shapes[1], ndims[1], spec, &error);
+  TrainConv *t = TrainConvFor(params, ndims, shapes, 0, 1, 2, &error);
   if (t == nullptr) return error;
   if (!ConvOutputShape(shapes[0], shapes[1], spec, shapes[3])) return 3;
   return ConvForward(t, params[0], params[1], params[3]) ? 0 : 4;
@@ -592,12 +603,10 @@ int ConvNhwc(int nparam, void **params, int *ndims, int64_t **shapes, const char
 int ConvNhwcGrad(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
   if (nparam != 6) return 1;
   if (!Float32Params(dtypes, {0, 1, 2, 4, 5})) return 2;
-  if (!Pair(ndims[3], shapes[3])) return 3;
   const auto *spec = static_cast<const int64_t *>(params[3]);
-  Context &context = Context::Get();
-  std::lock_guard<std::mutex> lock(context.mutex);
+  std::lock_guard<std::mutex> lock(Context::Get().mutex);
   int error = 0;
-  TrainConv *t = TrainConvFor(shapes[1], ndims[1], shapes[2], ndims[2], spec, &error);
+  TrainConv *t = TrainConvFor(params, ndims, shapes, 1, 2, 3, &error);
   if (t == nullptr) return error;
   if (!ConvOutputShape(shapes[1], shapes[2], spec, shapes[0])) return 3;
   return ConvBackward(t, params[0], params[1], params[2], InputGradient(params[4], shapes[1], spec), params[5]) ? 0
@@ -612,19 +621,16 @@ int ConvBatchNormReluNhwcTrain(int nparam, void **params, int *ndims, int64_t **
                                void *) {
   if (nparam != 12) return 1;
   if (!Float32Params(dtypes, {0, 1, 2, 3, 4, 5, 6, 8, 9, 10, 11})) return 2;
-  if (!Pair(ndims[6], shapes[6]) || !Pair(ndims[7], shapes[7])) return 3;
+  if (!Pair(ndims[6], shapes[6])) return 3;
   const auto *spec = static_cast<const int64_t *>(params[7]);
   const auto *settings = static_cast<const float *>(params[6]);
   const int64_t *z_shape = shapes[9];
-  const int64_t channels = shapes[1][0];
-  for (int i : {2, 3, 4, 5}) {
-    if (ndims[i] != 1 || shapes[i][0] != channels) return 3;
-  }
-  Context &context = Context::Get();
-  std::lock_guard<std::mutex> lock(context.mutex);
+  std::lock_guard<std::mutex> lock(Context::Get().mutex);
   int error = 0;
-  TrainConv *t = TrainConvFor(shapes[0], ndims[0], shapes[1], ndims[1], spec, &error);
+  TrainConv *t = TrainConvFor(params, ndims, shapes, 0, 1, 7, &error);
   if (t == nullptr) return error;
+  const int64_t channels = shapes[1][0];
+  if (!PerChannel(ndims, shapes, {2, 3, 4, 5, 10, 11}, channels)) return 3;
   if (!ConvOutputShape(shapes[0], shapes[1], spec, shapes[8]) || !ConvOutputShape(shapes[0], shapes[1], spec, z_shape)) {
     return 3;
   }
@@ -651,15 +657,15 @@ int ConvBatchNormReluNhwcGrad(int nparam, void **params, int *ndims, int64_t **s
                               void *) {
   if (nparam != 14) return 1;
   if (!Float32Params(dtypes, {0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13})) return 2;
-  if (!Pair(ndims[8], shapes[8]) || !Pair(ndims[9], shapes[9])) return 3;
+  if (!Pair(ndims[8], shapes[8])) return 3;
   const auto *spec = static_cast<const int64_t *>(params[9]);
   const auto *settings = static_cast<const float *>(params[8]);
   const int64_t *z_shape = shapes[3];
-  Context &context = Context::Get();
-  std::lock_guard<std::mutex> lock(context.mutex);
+  std::lock_guard<std::mutex> lock(Context::Get().mutex);
   int error = 0;
-  TrainConv *t = TrainConvFor(shapes[1], ndims[1], shapes[2], ndims[2], spec, &error);
+  TrainConv *t = TrainConvFor(params, ndims, shapes, 1, 2, 9, &error);
   if (t == nullptr) return error;
+  if (!PerChannel(ndims, shapes, {5, 6, 7, 12, 13}, shapes[2][0])) return 3;
   if (!ConvOutputShape(shapes[1], shapes[2], spec, z_shape) || !ConvOutputShape(shapes[1], shapes[2], spec, shapes[0]) ||
       !ConvOutputShape(shapes[1], shapes[2], spec, shapes[4])) {
     return 3;

@@ -260,6 +260,7 @@ import sys
 sys.path.insert(0, {repo!r})
 import mindspore as ms
 import numpy as np
+from mindspore import nn, ops
 from src.model_utils.config import load_config
 from src.model_utils.device_adapter import configure_device
 from src.models import create_model_from_config
@@ -268,14 +269,17 @@ config = load_config(["--config_path={config}", "--num_classes=2"])
 configure_device(config)
 net = create_model_from_config(config)
 net.set_train(True)
-net(ms.Tensor(np.ones((2, 3, 32, 32), np.float32)))
+loss = nn.WithLossCell(net, nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean"))
+gradient = ops.GradOperation(get_by_list=True)(loss, ms.ParameterTuple(net.trainable_params()))
+gradient(ms.Tensor(np.ones((2, 3, 32, 32), np.float32)), ms.Tensor(np.array([0, 1], np.int32)))
 """
 
 
 def test_with_the_cap_lifted_onednn_uses_the_cpus_instruction_set(library):
-    """train.py's process (configure_device, then the network) on oneDNN's verbose log: every
-    convolution it runs is a JIT kernel for the CPU's widest vector set, AVX-512 where it has it
-    (the cap lifted), else AVX2; none is a reference kernel."""
+    """train.py's process (configure_device, then the network's forward and backward pass) on oneDNN's
+    verbose log: every convolution primitive it runs, forward, backward-data and backward-weights,
+    is a JIT kernel for the CPU's widest vector set, AVX-512 where it has it (the cap lifted), else
+    AVX2; none is a reference kernel."""
     with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
         flags = next((line for line in cpuinfo if line.startswith("flags")), "").split()
     if "avx2" not in flags:
@@ -285,8 +289,12 @@ def test_with_the_cap_lifted_onednn_uses_the_cpus_instruction_set(library):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
                             env=script_env(ONEDNN_VERBOSE="1", GOOGLENET_KERNEL_CACHE=str(library.parent)))
     assert result.returncode == 0, result.stderr[-3000:]
-    implementations = [fields[fields.index("convolution") + 1] for fields in
-                       (line.split(",") for line in result.stdout.splitlines() if line.startswith("onednn_verbose"))
-                       if "exec" in fields and "convolution" in fields]
-    assert len(implementations) >= 57, result.stdout[-3000:]
+    executed = [fields[fields.index("convolution") + 1:fields.index("convolution") + 3] for fields in
+                (line.split(",") for line in result.stdout.splitlines() if line.startswith("onednn_verbose"))
+                if "exec" in fields and "convolution" in fields]
+    passes = [direction for _, direction in executed]
+    # 57 forward, 57 backward-weights, 56 backward-data (none for conv1's image)
+    assert [passes.count(d) for d in ("forward_training", "backward_weights", "backward_data")] == [57, 57, 56], \
+        sorted(set(passes))
+    implementations = [name for name, _ in executed]
     assert all(widest in name and "ref" not in name for name in implementations), sorted(set(implementations))

@@ -179,6 +179,7 @@ def test_a_training_step_of_the_network_equals_mindspores(library, monkeypatch, 
     from src.cpu_kernels import build
 
     build.kernel_library.cache_clear()
+    ms.set_seed(20)  # one initialisation, the same in every run
     plain = create_model(10)
     _trained_statistics(plain, seed=21)
     twin = _copy(plain, twin=create_model(10))
@@ -198,20 +199,17 @@ def test_a_training_step_of_the_network_equals_mindspores(library, monkeypatch, 
     labels = ms.Tensor(rng.integers(0, 10, 6).astype(np.int32))
     loss, gradients, statistics = _train_step(plain, ms.Tensor(x), labels)
     got_loss, got_gradients, got_statistics = _train_step(converted, ms.Tensor(x), labels)
-    # A step through 57 BatchNorms on a batch of 6 amplifies float32 rounding in the first layers'
-    # gradients: the yardstick is how far the plain network's own gradients move when its input moves
-    # by 2^-22 of itself (a few float32 ulps).
-    nudged = ms.Tensor(x * np.float32(1 + 2**-22))
-    _, nudged_gradients, _ = _train_step(_copy(plain, twin=create_model(10)), nudged, labels)
-
-    def worst(found):
-        return max(float(np.abs(found[name] - expected).max() / np.abs(expected).max())
-                   for name, expected in gradients.items())
-
+    # Per parameter, the relative L2 difference of the gradients. Both paths round differently in float32,
+    # and through 57 BatchNorms on a batch of 6 that reaches ~1e-4; a real error (a wrong term, a stale
+    # buffer) moves them by far more. A max-pool tie or ReLU edge switched by rounding would too: with
+    # this initialisation, moving the plain network's input by 2^-22 of itself moves its gradients by
+    # a median 4% (the converted network stays within 1e-4), so the seed is fixed.
+    relative = {name: float(np.linalg.norm(got_gradients[name] - expected) / np.linalg.norm(expected))
+                for name, expected in gradients.items()}
     np.testing.assert_allclose(got_loss, loss, rtol=1e-5)
     assert sorted(got_gradients) == sorted(gradients) and len(gradients) == 57 * 3 + 2
-    assert worst(got_gradients) < max(4 * worst(nudged_gradients), 1e-4), (worst(got_gradients),
-                                                                          worst(nudged_gradients))
+    assert np.median(list(relative.values())) < 1e-3, sorted(relative.items(), key=lambda item: -item[1])[:5]
+    assert max(relative.values()) < 1e-2, sorted(relative.items(), key=lambda item: -item[1])[:5]
     for name, expected in statistics.items():
         _assert_close(got_statistics[name], expected, name, tolerance=1e-4)
     for net in (plain, converted):

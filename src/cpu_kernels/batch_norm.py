@@ -60,15 +60,20 @@ class BatchNormReLU2d(nn.BatchNorm2d):
                                    [False, False, False, True, True, False])
 
     def on_kernel(self) -> bool:
-        """Whether this call normalises with batch statistics on the kernel: in training, unless
-        ``use_batch_statistics`` says otherwise (False: moving statistics, as a frozen backbone has)."""
-        batch_statistics = self.training if self.use_batch_statistics is None else self.use_batch_statistics
-        return self.fused is not None and batch_statistics
+        """Whether this call normalises with batch statistics on the kernel (``uses_batch_statistics``)."""
+        return self.fused is not None and uses_batch_statistics(self)
 
     def construct(self, x: Tensor) -> Tensor:
         if self.on_kernel():
             return self.fused(x, self.gamma, self.beta, self.moving_mean, self.moving_variance, self.settings)[0]
         return self.relu(super().construct(x))
+
+
+def uses_batch_statistics(bn: nn.BatchNorm2d) -> bool:
+    """Whether ``bn`` normalises with the batch's statistics, as ``nn.BatchNorm2d`` decides it: in
+    training, unless ``use_batch_statistics`` says otherwise (False: moving statistics, as a frozen
+    backbone has)."""
+    return bn.training if bn.use_batch_statistics is None else bn.use_batch_statistics
 
 
 def fused_conv_batch_norm_relu(conv: nn.Cell, bn: BatchNormReLU2d) -> ops.Custom | None:

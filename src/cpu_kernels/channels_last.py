@@ -36,6 +36,7 @@ import numpy as np
 from mindspore import Parameter, Tensor
 from mindspore import dtype as mstype
 
+from src.cpu_kernels.batch_norm import uses_batch_statistics
 from src.cpu_kernels.blocks import replace_children, restore_parameter_names, window_side
 from src.cpu_kernels.build import writes_inputs
 from src.cpu_kernels.conv import ConvBiasReLU, first_input_type, next_filter_token
@@ -44,6 +45,11 @@ from src.googlenet import Conv2dBlock, GoogleNet, Inception
 
 TO_CHANNELS_LAST = (0, 2, 3, 1)
 TO_CHANNELS_FIRST = (0, 3, 1, 2)
+
+
+def same_output_shape(x_shape, stride: int, channels: int) -> list:
+    """The NHWC output shape of a 'same' convolution or pooling of NHWC ``x_shape`` with ``stride``."""
+    return [x_shape[0], math.ceil(x_shape[1] / stride), math.ceil(x_shape[2] / stride), channels]
 
 
 class ConvBiasReLUNhwc(nn.Cell):
@@ -61,7 +67,7 @@ class ConvBiasReLUNhwc(nn.Cell):
                                      requires_grad=False)
 
         def output_shape(x_shape, w_shape, b_shape, spec_shape):
-            return [x_shape[0], -(-x_shape[1] // stride), -(-x_shape[2] // stride), w_shape[0]]
+            return same_output_shape(x_shape, stride, w_shape[0])
 
         self.conv = ops.Custom(f"{library}:ConvBiasReluNhwc", out_shape=output_shape, out_dtype=first_input_type,
                                func_type="aot")
@@ -80,7 +86,7 @@ class MaxPoolNhwc(nn.Cell):
         self.spec = Tensor(np.array([kernel_size, stride], np.int64))
 
         def output_shape(x_shape, spec_shape):
-            return [x_shape[0], math.ceil(x_shape[1] / stride), math.ceil(x_shape[2] / stride), x_shape[3]]
+            return same_output_shape(x_shape, stride, x_shape[3])
 
         self.pool = ops.Custom(f"{library}:MaxPoolNhwc", out_shape=output_shape, out_dtype=first_input_type,
                                func_type="aot")
@@ -152,7 +158,7 @@ class ConvBatchNormReLUNhwc(nn.Cell):
         zeros_like = ops.ZerosLike()
 
         def output_shape(x_shape, w_shape, *others):
-            return [x_shape[0], -(-x_shape[1] // stride), -(-x_shape[2] // stride), w_shape[0]]
+            return same_output_shape(x_shape, stride, w_shape[0])
 
         def conv_gradient_shape(dz_shape, x_shape, w_shape, spec_shape):
             return x_shape, w_shape
@@ -193,7 +199,7 @@ class ConvBatchNormReLUNhwc(nn.Cell):
 
     def batch_statistics(self) -> bool:
         """Whether BatchNorm normalises with the batch's statistics (as ``nn.BatchNorm2d`` decides it)."""
-        return self.bn.training if self.bn.use_batch_statistics is None else self.bn.use_batch_statistics
+        return uses_batch_statistics(self.bn)
 
     def construct(self, x: Tensor) -> Tensor:
         if self.channels_first_input:
@@ -215,7 +221,7 @@ class MaxPoolNhwcTrain(nn.Cell):
         zeros_like = ops.ZerosLike()
 
         def output_shape(x_shape, spec_shape):
-            shape = [x_shape[0], math.ceil(x_shape[1] / stride), math.ceil(x_shape[2] / stride), x_shape[3]]
+            shape = same_output_shape(x_shape, stride, x_shape[3])
             return shape, shape
 
         def like_input(dy, workspace, x, spec):

@@ -265,6 +265,27 @@ bool MakePool(const PoolKey &key, Primitive *p) {
 
 bool NhwcShape(int ndim, const int64_t *shape) { return ndim == 4 && shape[0] > 0 && shape[1] > 0 && shape[2] > 0; }
 
+// A settings or spec input: two values.
+bool Pair(int ndim, const int64_t *shape) { return ndim == 1 && shape[0] == 2; }
+
+// Whether y is the NHWC output of a 'same' convolution of x (NHWC) with filter w (OIHW) and `stride`.
+bool ConvOutputShape(const int64_t *x, const int64_t *w, int64_t stride, const int64_t *y) {
+  const SamePadding rows(x[1], w[2], stride), cols(x[2], w[2], stride);
+  return y[0] == x[0] && y[1] == rows.out && y[2] == cols.out && y[3] == w[0];
+}
+
+// The pooling of NHWC x (argument ix) with spec {kernel, stride} (argument ispec) into y (argument iy,
+// its 'same' output), in *key; false when a shape or the spec is wrong.
+bool PoolShapes(void **params, const int *ndims, int64_t *const *shapes, int ix, int ispec, int iy, PoolKey *key) {
+  const int64_t *x = shapes[ix], *y = shapes[iy];
+  if (!NhwcShape(ndims[ix], x) || !Pair(ndims[ispec], shapes[ispec]) || ndims[iy] != 4) return false;
+  const auto *spec = static_cast<const int64_t *>(params[ispec]);
+  if (spec[0] < 1 || spec[1] < 1) return false;
+  *key = {x[0], x[1], x[2], x[3], spec[0], spec[1]};
+  const SamePadding rows(x[1], spec[0], spec[1]), cols(x[2], spec[0], spec[1]);
+  return y[0] == x[0] && y[1] == rows.out && y[2] == cols.out && y[3] == x[3];
+}
+
 // ---- training: convolution (+ BatchNorm + ReLU) and max pooling with their gradients ----
 // The filters change every step, so they are reordered into the layouts oneDNN chose on every call
 // (forward and backward-data layouts may differ) and the filter gradient back into OIHW.
@@ -478,14 +499,12 @@ int ConvBiasReluNhwc(int nparam, void **params, int *ndims, int64_t **shapes, co
   }
   const int64_t *x = shapes[0], *w = shapes[1];
   if (!NhwcShape(ndims[0], x) || ndims[1] != 4 || w[1] != x[3] || w[2] != w[3] || w[2] % 2 != 1 || ndims[2] != 1 ||
-      shapes[2][0] != w[0] || shapes[3][0] != 2) {
+      shapes[2][0] != w[0] || !Pair(ndims[3], shapes[3])) {
     return 3;
   }
   const auto *spec = static_cast<const int64_t *>(params[3]);
   const ConvKey key{x[0], x[1], x[2], x[3], w[0], w[2], spec[1]};
-  const SamePadding rows(x[1], w[2], spec[1]), cols(x[2], w[2], spec[1]);
-  const int64_t *y = shapes[4];
-  if (spec[1] < 1 || y[0] != x[0] || y[1] != rows.out || y[2] != cols.out || y[3] != w[0]) return 3;
+  if (spec[1] < 1 || !ConvOutputShape(x, w, spec[1], shapes[4])) return 3;
   Context &context = Context::Get();
   std::lock_guard<std::mutex> lock(context.mutex);
   static std::map<ConvKey, std::unique_ptr<Primitive>> primitives;
@@ -499,12 +518,8 @@ int ConvBiasReluNhwc(int nparam, void **params, int *ndims, int64_t **shapes, co
 int MaxPoolNhwc(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
   if (nparam != 3) return 1;
   if (!IsFloat32(dtypes[0]) || !IsFloat32(dtypes[2])) return 2;
-  const int64_t *x = shapes[0], *y = shapes[2];
-  if (!NhwcShape(ndims[0], x) || shapes[1][0] != 2) return 3;
-  const auto *spec = static_cast<const int64_t *>(params[1]);
-  const PoolKey key{x[0], x[1], x[2], x[3], spec[0], spec[1]};
-  const SamePadding rows(x[1], spec[0], spec[1]), cols(x[2], spec[0], spec[1]);
-  if (spec[0] < 1 || spec[1] < 1 || y[0] != x[0] || y[1] != rows.out || y[2] != cols.out || y[3] != x[3]) return 3;
+  PoolKey key{};
+  if (!PoolShapes(params, ndims, shapes, 0, 1, 2, &key)) return 3;
   Context &context = Context::Get();
   std::lock_guard<std::mutex> lock(context.mutex);
   static std::map<PoolKey, std::unique_ptr<Primitive>> primitives;
@@ -518,9 +533,6 @@ int MaxPoolNhwc(int nparam, void **params, int *ndims, int64_t **shapes, const c
 // spec[2] int64 = {stride, input gradient wanted (0: the gradient for x is zeros, as for conv1's image)}
 
 namespace {
-
-// A settings or spec input: two values.
-bool Pair(int ndim, const int64_t *shape) { return ndim == 1 && shape[0] == 2; }
 
 // Arguments `which` are vectors of `channels` values.
 bool PerChannel(const int *ndims, int64_t *const *shapes, std::initializer_list<int> which, int64_t channels) {
@@ -554,11 +566,6 @@ TrainConv *TrainConvFor(void **params, int *ndims, int64_t **shapes, int ix, int
   static std::map<TrainKey, std::unique_ptr<TrainConv>> primitives;
   const TrainKey key{{x[0], x[1], x[2], x[3], w[0], w[2]}, spec[0]};
   return Cached(primitives, key, [&](TrainConv *made) { return MakeTrainConv(key, made); });
-}
-
-bool ConvOutputShape(const int64_t *x, const int64_t *w, const int64_t *spec, const int64_t *y) {
-  const SamePadding rows(x[1], w[2], spec[0]), cols(x[2], w[2], spec[0]);
-  return y[0] == x[0] && y[1] == rows.out && y[2] == cols.out && y[3] == w[0];
 }
 
 TrainNorm *TrainNormFor(const int64_t *z, float epsilon) {
@@ -595,7 +602,7 @@ int ConvNhwc(int nparam, void **params, int *ndims, int64_t **shapes, const char
   int error = 0;
   TrainConv *t = TrainConvFor(params, ndims, shapes, 0, 1, 2, &error);
   if (t == nullptr) return error;
-  if (!ConvOutputShape(shapes[0], shapes[1], spec, shapes[3])) return 3;
+  if (!ConvOutputShape(shapes[0], shapes[1], spec[0], shapes[3])) return 3;
   return ConvForward(t, params[0], params[1], params[3]) ? 0 : 4;
 }
 
@@ -608,7 +615,7 @@ int ConvNhwcGrad(int nparam, void **params, int *ndims, int64_t **shapes, const 
   int error = 0;
   TrainConv *t = TrainConvFor(params, ndims, shapes, 1, 2, 3, &error);
   if (t == nullptr) return error;
-  if (!ConvOutputShape(shapes[1], shapes[2], spec, shapes[0])) return 3;
+  if (!ConvOutputShape(shapes[1], shapes[2], spec[0], shapes[0])) return 3;
   return ConvBackward(t, params[0], params[1], params[2], InputGradient(params[4], shapes[1], spec), params[5]) ? 0
                                                                                                                  : 4;
 }
@@ -631,8 +638,8 @@ int ConvBatchNormReluNhwcTrain(int nparam, void **params, int *ndims, int64_t **
   if (t == nullptr) return error;
   const int64_t channels = shapes[1][0];
   if (!PerChannel(ndims, shapes, {2, 3, 4, 5, 10, 11}, channels)) return 3;
-  if (!ConvOutputShape(shapes[0], shapes[1], spec, shapes[8]) || !ConvOutputShape(shapes[0], shapes[1], spec, z_shape)) {
-    return 3;
+  for (int output : {8, 9}) {  // y and z
+    if (!ConvOutputShape(shapes[0], shapes[1], spec[0], shapes[output])) return 3;
   }
   TrainNorm *norm = TrainNormFor(z_shape, settings[0]);
   if (norm == nullptr) return 4;
@@ -666,9 +673,8 @@ int ConvBatchNormReluNhwcGrad(int nparam, void **params, int *ndims, int64_t **s
   TrainConv *t = TrainConvFor(params, ndims, shapes, 1, 2, 9, &error);
   if (t == nullptr) return error;
   if (!PerChannel(ndims, shapes, {5, 6, 7, 12, 13}, shapes[2][0])) return 3;
-  if (!ConvOutputShape(shapes[1], shapes[2], spec, z_shape) || !ConvOutputShape(shapes[1], shapes[2], spec, shapes[0]) ||
-      !ConvOutputShape(shapes[1], shapes[2], spec, shapes[4])) {
-    return 3;
+  for (int input : {0, 3, 4}) {  // dy, z and y
+    if (!ConvOutputShape(shapes[1], shapes[2], spec[0], shapes[input])) return 3;
   }
   TrainNorm *norm = TrainNormFor(z_shape, settings[0]);
   if (norm == nullptr) return 4;
@@ -685,12 +691,8 @@ int ConvBatchNormReluNhwcGrad(int nparam, void **params, int *ndims, int64_t **s
 int MaxPoolNhwcTrain(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
   if (nparam != 4) return 1;
   if (!IsFloat32(dtypes[0]) || !IsFloat32(dtypes[2]) || std::strcmp(dtypes[3], "uint8") != 0) return 2;
-  const int64_t *x = shapes[0], *y = shapes[2];
-  if (!NhwcShape(ndims[0], x) || shapes[1][0] != 2) return 3;
-  const auto *spec = static_cast<const int64_t *>(params[1]);
-  const PoolKey key{x[0], x[1], x[2], x[3], spec[0], spec[1]};
-  const SamePadding rows(x[1], spec[0], spec[1]), cols(x[2], spec[0], spec[1]);
-  if (spec[0] < 1 || spec[1] < 1 || y[0] != x[0] || y[1] != rows.out || y[2] != cols.out || y[3] != x[3]) return 3;
+  PoolKey key{};
+  if (!PoolShapes(params, ndims, shapes, 0, 1, 2, &key)) return 3;
   Context &context = Context::Get();
   std::lock_guard<std::mutex> lock(context.mutex);
   TrainPool *t = context.ok ? TrainPoolFor(key) : nullptr;
@@ -701,10 +703,8 @@ int MaxPoolNhwcTrain(int nparam, void **params, int *ndims, int64_t **shapes, co
 int MaxPoolNhwcGrad(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
   if (nparam != 5) return 1;
   if (!IsFloat32(dtypes[0]) || !IsFloat32(dtypes[4]) || std::strcmp(dtypes[1], "uint8") != 0) return 2;
-  const int64_t *x = shapes[2];
-  if (!NhwcShape(ndims[2], x) || shapes[3][0] != 2) return 3;
-  const auto *spec = static_cast<const int64_t *>(params[3]);
-  const PoolKey key{x[0], x[1], x[2], x[3], spec[0], spec[1]};
+  PoolKey key{};
+  if (!PoolShapes(params, ndims, shapes, 2, 3, 0, &key)) return 3;  // dy has the pooling's output shape
   Context &context = Context::Get();
   std::lock_guard<std::mutex> lock(context.mutex);
   TrainPool *t = context.ok ? TrainPoolFor(key) : nullptr;

@@ -112,17 +112,34 @@ dnnl_memory_desc_t Describe(std::initializer_list<int64_t> dims, dnnl_format_tag
   return desc;
 }
 
-// A primitive made for one shape, with its memory objects (data pointers set per call).
+// A primitive made for one shape, with its memory objects (data pointers set per call). Its handles
+// are released with it: that happens only when making it failed part way, since the ones made are kept
+// for the life of the process (Kept).
 struct Primitive {
   dnnl_primitive_desc_t desc = nullptr;
   dnnl_primitive_t primitive = nullptr;
   std::vector<std::pair<int, dnnl_memory_t>> arguments;  // DNNL_ARG_* and its memory
   const_dnnl_memory_desc_t weights = nullptr;            // the layout oneDNN chose for the weights
+
+  Primitive() = default;
+  Primitive(const Primitive &) = delete;
+  Primitive &operator=(const Primitive &) = delete;
+  ~Primitive() {
+    for (const auto &argument : arguments) dnnl_memory_destroy(argument.second);
+    dnnl_primitive_destroy(primitive);
+    dnnl_primitive_desc_destroy(desc);
+  }
 };
 
-// Makes the primitive(s) for `key` once (`make` fills them; false: oneDNN refused) and keeps them.
+// The primitives made, per shape. Each cache is made once and never destroyed: the kernels may run until
+// the process exits, and oneDNN's own state may be gone before static objects are destroyed.
+template <typename Key, typename Value>
+using Kept = std::map<Key, std::unique_ptr<Value>>;
+
+// Makes the primitive(s) for `key` once (`make` fills them; false: oneDNN refused, and what was made
+// is released) and keeps them.
 template <typename Key, typename Value, typename Make>
-Value *Cached(std::map<Key, std::unique_ptr<Value>> &cache, const Key &key, Make make) {
+Value *Cached(Kept<Key, Value> &cache, const Key &key, Make make) {
   auto found = cache.find(key);
   if (found != cache.end()) return found->second.get();
   auto made = std::make_unique<Value>();
@@ -195,7 +212,7 @@ constexpr int64_t kReorderedFilterValues = 1 << 26;  // bound on the filters kep
 // (networks built and dropped in one process leave their filters behind) the cache starts over;
 // calls are serialised, so no call is using a filter then.
 dnnl_memory_t ReorderedFilter(int64_t token, const ConvKey &key, const float *w, const Primitive *p) {
-  static std::map<std::pair<int64_t, ConvKey>, Reordered> cache;
+  static auto &cache = *new std::map<std::pair<int64_t, ConvKey>, Reordered>();
   static int64_t cached_values = 0;
   const int64_t values = key[4] * key[3] * key[5] * key[5];
   if (cache.count({token, key}) == 0) {
@@ -298,6 +315,13 @@ struct TrainConv {
   Primitive forward, backward_data, backward_weights;
   Primitive to_forward, to_backward_data, from_diff_weights;  // reorders of the filter and its gradient
   dnnl_memory_t forward_weights = nullptr, backward_data_weights = nullptr, diff_weights = nullptr;
+
+  TrainConv() = default;
+  TrainConv(const TrainConv &) = delete;
+  TrainConv &operator=(const TrainConv &) = delete;
+  ~TrainConv() {
+    for (dnnl_memory_t memory : {forward_weights, backward_data_weights, diff_weights}) dnnl_memory_destroy(memory);
+  }
 };
 
 bool MakeReorder(Primitive *p, const_dnnl_memory_desc_t from, const_dnnl_memory_desc_t to) {
@@ -507,7 +531,7 @@ int ConvBiasReluNhwc(int nparam, void **params, int *ndims, int64_t **shapes, co
   if (spec[1] < 1 || !ConvOutputShape(x, w, spec[1], shapes[4])) return 3;
   Context &context = Context::Get();
   std::lock_guard<std::mutex> lock(context.mutex);
-  static std::map<ConvKey, std::unique_ptr<Primitive>> primitives;
+  static auto &primitives = *new Kept<ConvKey, Primitive>();
   Primitive *p = context.ok ? Cached(primitives, key, [&](Primitive *made) { return MakeConv(key, made); }) : nullptr;
   dnnl_memory_t filter = p ? ReorderedFilter(spec[0], key, static_cast<const float *>(params[1]), p) : nullptr;
   void *filter_data = nullptr;
@@ -522,7 +546,7 @@ int MaxPoolNhwc(int nparam, void **params, int *ndims, int64_t **shapes, const c
   if (!PoolShapes(params, ndims, shapes, 0, 1, 2, &key)) return 3;
   Context &context = Context::Get();
   std::lock_guard<std::mutex> lock(context.mutex);
-  static std::map<PoolKey, std::unique_ptr<Primitive>> primitives;
+  static auto &primitives = *new Kept<PoolKey, Primitive>();
   Primitive *p = context.ok ? Cached(primitives, key, [&](Primitive *made) { return MakePool(key, made); }) : nullptr;
   return p != nullptr && Execute(p, {params[0], params[2]}) ? 0 : 4;
 }
@@ -563,20 +587,20 @@ TrainConv *TrainConvFor(void **params, int *ndims, int64_t **shapes, int ix, int
   *error = 4;
   Context &context = Context::Get();
   if (!context.ok) return nullptr;
-  static std::map<TrainKey, std::unique_ptr<TrainConv>> primitives;
+  static auto &primitives = *new Kept<TrainKey, TrainConv>();
   const TrainKey key{{x[0], x[1], x[2], x[3], w[0], w[2]}, spec[0]};
   return Cached(primitives, key, [&](TrainConv *made) { return MakeTrainConv(key, made); });
 }
 
 TrainNorm *TrainNormFor(const int64_t *z, float epsilon) {
-  static std::map<std::pair<NormKey, float>, std::unique_ptr<TrainNorm>> primitives;
+  static auto &primitives = *new Kept<std::pair<NormKey, float>, TrainNorm>();
   const NormKey key{z[0], z[1], z[2], z[3]};
   return Cached(primitives, std::make_pair(key, epsilon),
                 [&](TrainNorm *made) { return MakeTrainNorm(key, epsilon, made); });
 }
 
 TrainPool *TrainPoolFor(const PoolKey &key) {
-  static std::map<PoolKey, std::unique_ptr<TrainPool>> primitives;
+  static auto &primitives = *new Kept<PoolKey, TrainPool>();
   return Cached(primitives, key, [&](TrainPool *made) { return MakeTrainPool(key, made); });
 }
 

@@ -225,6 +225,37 @@ def test_channels_last_off_keeps_the_nchw_kernels(library):
     assert not any(isinstance(cell, channels_last.ConvBatchNormReLUNhwc) for _, cell in net.cells_and_names())
 
 
+def test_input_gradients_as_the_readme_says(library, monkeypatch):
+    """README: the channels-last network gives zeros as its input image's gradient (conv1 skips it);
+    with ``--channels_last=False`` the input gradient is the plain network's. Evaluation mode, where a
+    saliency map would be taken."""
+    ms.set_context(mode=ms.GRAPH_MODE)
+    monkeypatch.setenv("GOOGLENET_KERNEL_CACHE", str(library.parent))
+    from src.cpu_kernels import build
+
+    ms.set_seed(23)
+    plain = create_model(10)
+    _trained_statistics(plain, seed=24)
+    plain.set_train(False)
+    rng = np.random.default_rng(25)
+    x = rng.standard_normal((2, 3, 32, 32)).astype(np.float32)
+    probe = rng.standard_normal((2, 10)).astype(np.float32)
+    _, expected, _ = _output_and_gradients(plain, x, probe)
+    assert np.abs(expected).max() > 0
+    for channels_last_on in (False, True):
+        build.kernel_library.cache_clear()
+        try:
+            net = accelerate(_copy(plain, twin=create_model(10)),
+                             load_config([f"--config_path={CPU_CONFIG}", f"--channels_last={channels_last_on}"]))
+        finally:
+            build.kernel_library.cache_clear()
+        net.set_train(False)
+        _, dx, _ = _output_and_gradients(net, x, probe)
+        if channels_last_on:
+            np.testing.assert_array_equal(dx, np.zeros_like(x))
+        else:
+            _assert_close(dx, expected, "input gradient, channels_last off", tolerance=1e-4)
+
 def test_the_isa_cap_is_lifted_where_every_convolution_is_ours(library, monkeypatch, caplog):
     """The AVX2 cap exists for MindSpore's NCHW convolutions. A channels-last network runs none: the
     cap the scripts set is taken back, with a log line; with channels-last off it stays, and a cap

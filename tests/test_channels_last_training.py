@@ -256,6 +256,7 @@ def test_input_gradients_as_the_readme_says(library, monkeypatch):
         else:
             _assert_close(dx, expected, "input gradient, channels_last off", tolerance=1e-4)
 
+
 def test_the_isa_cap_is_lifted_where_every_convolution_is_ours(library, monkeypatch, caplog):
     """The AVX2 cap exists for MindSpore's NCHW convolutions. A channels-last network runs none: the
     cap the scripts set is taken back, with a log line; with channels-last off it stays, and a cap

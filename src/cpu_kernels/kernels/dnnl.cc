@@ -282,6 +282,11 @@ bool MakePool(const PoolKey &key, Primitive *p) {
 
 bool NhwcShape(int ndim, const int64_t *shape) { return ndim == 4 && shape[0] > 0 && shape[1] > 0 && shape[2] > 0; }
 
+// Whether NHWC x and the OIHW filter w (square, odd) fit one convolution.
+bool ConvShapes(int x_ndim, const int64_t *x, int w_ndim, const int64_t *w) {
+  return NhwcShape(x_ndim, x) && w_ndim == 4 && w[1] == x[3] && w[2] == w[3] && w[2] % 2 == 1;
+}
+
 // A settings or spec input: two values.
 bool Pair(int ndim, const int64_t *shape) { return ndim == 1 && shape[0] == 2; }
 
@@ -522,8 +527,7 @@ int ConvBiasReluNhwc(int nparam, void **params, int *ndims, int64_t **shapes, co
     if (!IsFloat32(dtypes[i])) return 2;
   }
   const int64_t *x = shapes[0], *w = shapes[1];
-  if (!NhwcShape(ndims[0], x) || ndims[1] != 4 || w[1] != x[3] || w[2] != w[3] || w[2] % 2 != 1 || ndims[2] != 1 ||
-      shapes[2][0] != w[0] || !Pair(ndims[3], shapes[3])) {
+  if (!ConvShapes(ndims[0], x, ndims[1], w) || ndims[2] != 1 || shapes[2][0] != w[0] || !Pair(ndims[3], shapes[3])) {
     return 3;
   }
   const auto *spec = static_cast<const int64_t *>(params[3]);
@@ -580,10 +584,7 @@ TrainConv *TrainConvFor(void **params, int *ndims, int64_t **shapes, int ix, int
   const int64_t *x = shapes[ix], *w = shapes[iw];
   const auto *spec = static_cast<const int64_t *>(params[ispec]);
   *error = 3;
-  if (!Pair(ndims[ispec], shapes[ispec]) || !NhwcShape(ndims[ix], x) || ndims[iw] != 4 || w[1] != x[3] ||
-      w[2] != w[3] || w[2] % 2 != 1 || spec[0] < 1) {
-    return nullptr;
-  }
+  if (!Pair(ndims[ispec], shapes[ispec]) || !ConvShapes(ndims[ix], x, ndims[iw], w) || spec[0] < 1) return nullptr;
   *error = 4;
   Context &context = Context::Get();
   if (!context.ok) return nullptr;

@@ -1,4 +1,4 @@
-"""Channels-last inference on oneDNN (src/cpu_kernels/channels_last.py, src/cpu_kernels/kernels/dnnl.cc):
+"""Inference on oneDNN's blocked layout (src/cpu_kernels/blocked.py, src/cpu_kernels/kernels/dnnl.cc):
 MindSpore's own oneDNN is the one called, and the converted cells and network compute what the folded
 NCHW ones compute."""
 
@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from mindspore import nn, ops
 
-from src.cpu_kernels import accelerate, build, channels_last, fold_batchnorm, fold_for_inference
+from src.cpu_kernels import accelerate, blocked, build, fold_batchnorm, fold_for_inference
 from src.cpu_kernels.blocks import KernelConv2dBlock, folded_block
 from src.cpu_kernels.conv import ConvBiasReLU
 from src.cpu_kernels.max_pool import CompiledMaxPool2d
-from src.googlenet import Conv2dBlock
+from src.googlenet import Conv2dBlock, Inception
 from src.model_utils.config import load_config
 from src.models import create_inference_model
 from tests.conftest import CPU_CONFIG, build_kernel, kernel_model
@@ -30,8 +30,20 @@ def library(tmp_path_factory):
     return build_kernel("dnnl", tmp_path_factory.mktemp("kernel_cache"))
 
 
-def _nhwc(x: np.ndarray) -> ms.Tensor:
-    return ms.Tensor(np.ascontiguousarray(x.transpose(0, 2, 3, 1)))
+@pytest.fixture(scope="module")
+def block(library):
+    return blocked.blocked_channels(library)
+
+
+def _blocked(x: np.ndarray, block: int) -> ms.Tensor:
+    """NCHW ``x`` in the blocked layout, [N, C/block, H, W, block]."""
+    n, c, h, w = x.shape
+    return ms.Tensor(np.ascontiguousarray(x.reshape(n, c // block, block, h, w).transpose(0, 1, 3, 4, 2)))
+
+
+def _unblocked(y: ms.Tensor) -> np.ndarray:
+    n, groups, h, w, block = y.shape
+    return y.asnumpy().transpose(0, 1, 4, 2, 3).reshape(n, groups * block, h, w)
 
 
 def test_the_kernel_calls_mindspores_own_onednn(library):
@@ -56,37 +68,71 @@ def test_the_kernel_calls_mindspores_own_onednn(library):
     assert reported[0] == 3 and reported[1] >= 9  # not older than the headers it was compiled with
 
 
+def test_the_block_is_what_the_cpu_allows(block):
+    """16 channels where oneDNN may use AVX-512 (as the instruction set it reports says), else 8."""
+    isa = ctypes.CDLL(str(MINDSPORE_ONEDNN)).dnnl_get_effective_cpu_isa()
+    avx512_core = 0x27  # dnnl_cpu_isa_avx512_core
+    assert block == (16 if isa & avx512_core == avx512_core else 8)
+
+
 # (batch, in, out, kernel, height, width, stride): 1x1 and 3x3 kernels on planes from 1x1 up, conv1's
-# 7x7 stride 2, odd sizes (uneven 'same' padding), a 5x5 kernel
-CONV_SHAPES = [(4, 16, 24, 1, 7, 7, 1), (2, 12, 20, 3, 14, 14, 1), (32, 48, 40, 3, 1, 1, 1), (3, 8, 12, 3, 2, 2, 1),
-               (2, 3, 64, 7, 32, 32, 2), (2, 5, 8, 3, 15, 13, 2), (2, 4, 6, 5, 9, 10, 1), (2, 4, 6, 1, 6, 7, 2)]
+# 7x7 stride 2 on a 3-channel image, odd sizes (uneven 'same' padding), a 5x5 kernel; channels a
+# multiple of 16 except the images' inputs
+CONV_SHAPES = [(4, 16, 32, 1, 7, 7, 1), (2, 32, 16, 3, 14, 14, 1), (32, 48, 64, 3, 1, 1, 1), (3, 16, 16, 3, 2, 2, 1),
+               (2, 3, 64, 7, 32, 32, 2), (2, 5, 16, 3, 15, 13, 2), (2, 16, 32, 5, 9, 10, 1), (2, 16, 16, 1, 6, 7, 2)]
 
 
 @pytest.mark.parametrize("shape", CONV_SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_a_convolution_computes_the_folded_block(library, shape):
+def test_a_convolution_computes_the_folded_block(library, block, shape):
     ms.set_context(mode=ms.GRAPH_MODE)
     batch, in_channels, out_channels, kernel, height, width, stride = shape
-    block = Conv2dBlock(in_channels, out_channels, kernel, stride)
-    _trained_statistics(block, seed=sum(shape))
-    block.set_train(False)
-    folded = folded_block(block)
-    converted = channels_last.ConvBiasReLUNhwc(folded, library)
+    conv_block = Conv2dBlock(in_channels, out_channels, kernel, stride)
+    _trained_statistics(conv_block, seed=sum(shape))
+    conv_block.set_train(False)
+    folded = folded_block(conv_block)
     x = np.random.default_rng(1).standard_normal((batch, in_channels, height, width)).astype(np.float32)
-    expected = folded(ms.Tensor(x)).asnumpy().transpose(0, 2, 3, 1)
-    for call in ("first call", "second call (the filter reordered once)"):
-        _assert_close(converted(_nhwc(x)).asnumpy(), expected, call)
-    nchw_input = channels_last.ConvBiasReLUNhwc(folded, library, channels_first_input=True)
-    _assert_close(nchw_input(ms.Tensor(x)).asnumpy(), expected, "NCHW input")
+    expected = folded(ms.Tensor(x)).asnumpy()
+    converted = blocked.ConvBiasReLUBlocked(folded, library, block)
+    _assert_close(_unblocked(converted(ms.Tensor(x))), expected, "NCHW image input")
+    if in_channels % block == 0:
+        for call in ("first call", "second call (the filter reordered once)"):
+            _assert_close(_unblocked(converted(_blocked(x, block))), expected, f"blocked input, {call}")
 
 
 @pytest.mark.parametrize("kernel, stride", [(3, 1), (3, 2), (2, 2)])
 @pytest.mark.parametrize("size", [(1, 1), (7, 7), (14, 13)], ids=lambda s: "x".join(map(str, s)))
-def test_a_max_pool_equals_mindspores(library, kernel, stride, size):
+def test_a_max_pool_equals_mindspores(library, block, kernel, stride, size):
     ms.set_context(mode=ms.GRAPH_MODE)
-    x = np.random.default_rng(2).standard_normal((3, 10, *size)).astype(np.float32) - 1  # negative maxima too
-    expected = nn.MaxPool2d(kernel, stride, pad_mode="same")(ms.Tensor(x)).asnumpy().transpose(0, 2, 3, 1)
-    got = channels_last.MaxPoolNhwc(kernel, stride, library)(_nhwc(x)).asnumpy()
+    x = np.random.default_rng(2).standard_normal((3, 32, *size)).astype(np.float32) - 1  # negative maxima too
+    expected = nn.MaxPool2d(kernel, stride, pad_mode="same")(ms.Tensor(x)).asnumpy()
+    got = _unblocked(blocked.MaxPoolBlocked(kernel, stride, library, block)(_blocked(x, block)))
     np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (4, 4), (7, 6)], ids=lambda s: "x".join(map(str, s)))
+def test_an_inception_computes_the_folded_one(library, block, size):
+    """Each branch written in place into its channels of the output; the reductions (24 and 8
+    channels) fill part of their last group, which the next convolution must ignore."""
+    ms.set_context(mode=ms.GRAPH_MODE)
+    inception = Inception(64, 16, 24, 32, 8, 16, 16)
+    _trained_statistics(inception, seed=21)
+    inception.set_train(False)
+    fold_batchnorm(inception)
+    x = np.random.default_rng(22).standard_normal((3, 64, *size)).astype(np.float32)
+    expected = inception(ms.Tensor(x)).asnumpy()
+    converted = blocked.InceptionBlocked(inception, library, block)
+    _assert_close(_unblocked(converted(_blocked(x, block))), expected, "blocked output")
+    last = blocked.InceptionBlocked(inception, library, block)
+    last.channels_first_output = True  # before its first call: graph mode compiles a cell once
+    _assert_close(last(_blocked(x, block)).asnumpy(), expected, "NCHW output")
+
+
+def test_channels_the_layout_cannot_hold_are_refused(library, block):
+    inception = Inception(64, block + 4, 24, 32, 8, 16, 16)
+    inception.set_train(False)
+    fold_batchnorm(inception)
+    with pytest.raises(ValueError, match=f"{block + 4} output channels: the blocked layout needs a multiple of"):
+        blocked.InceptionBlocked(inception, library, block)
 
 
 def _inference_model(channels_last_on: bool, checkpoint: Path, include_top: bool = True):
@@ -111,11 +157,12 @@ def test_the_network_equals_the_folded_network(library, monkeypatch, tmp_path, c
     with caplog.at_level("INFO", logger="googlenet"):
         converted = _inference_model(True, checkpoint)
     build.kernel_library.cache_clear()
-    assert "inference: channels-last convolutions and max pools on oneDNN" in caplog.text
+    assert "inference: convolutions, max pools and Inceptions on oneDNN (blocked layout)" in caplog.text
     cells = [cell for _, cell in converted.cells_and_names()]
-    assert sum(isinstance(cell, channels_last.ConvBiasReLUNhwc) for cell in cells) == 57
-    assert sum(isinstance(cell, channels_last.MaxPoolNhwc) for cell in cells) == 13
-    assert not any(isinstance(cell, (ConvBiasReLU, nn.MaxPool2d)) for cell in cells)
+    assert sum(isinstance(cell, blocked.ConvBiasReLUBlocked) for cell in cells) == 3
+    assert sum(isinstance(cell, blocked.InceptionBlocked) for cell in cells) == 9
+    assert sum(isinstance(cell, blocked.MaxPoolBlocked) for cell in cells) == 4
+    assert not any(isinstance(cell, (nn.MaxPool2d, CompiledMaxPool2d, Inception)) for cell in cells)
     names = [name for name, _ in converted.parameters_and_names()]
     assert [param.name for param in converted.get_parameters()] == names and "block4e.b2.1.weight" in names
 
@@ -136,7 +183,7 @@ def test_weights_loaded_later_are_used(library):
         net = kernel_model(10)
         _trained_statistics(net, seed=seed)
         net.set_train(False)
-        networks.append(channels_last.to_channels_last(fold_batchnorm(net), library))
+        networks.append(blocked.to_blocked_layout(fold_batchnorm(net), library))
     target, source = networks
     x = ms.Tensor(np.random.default_rng(15).standard_normal((2, 3, 32, 32)).astype(np.float32))
     expected = source(x).asnumpy()

@@ -10,8 +10,9 @@ from mindspore import nn
 
 from src.checkpoint import load_weights
 from src.cpu_kernels import conv
+from src.cpu_kernels.blocked import ConvBiasReLUBlocked
 from src.cpu_kernels.blocks import KernelConv2dBlock, fold_batchnorm, folded_block
-from src.cpu_kernels.channels_last import ConvBatchNormReLUNhwc, ConvBiasReLUNhwc
+from src.cpu_kernels.channels_last import ConvBatchNormReLUNhwc
 from src.googlenet import Conv2dBlock, create_model
 from src.model_utils.config import load_config
 from src.models import create_inference_model
@@ -132,9 +133,9 @@ def test_the_config_decides_and_the_log_says_so(kernel_cache, caplog):
     config = load_config([f"--config_path={CPU_CONFIG}"])
     with caplog.at_level("INFO", logger="googlenet"):
         net = create_inference_model(config, None)
-    assert isinstance(net.conv2, ConvBiasReLUNhwc) and not net.training  # folded, then channels-last
+    assert isinstance(net.conv2, ConvBiasReLUBlocked) and not net.training  # folded, then blocked
     assert "inference: BatchNorm folded into the convolutions" in caplog.text
-    assert "inference: channels-last convolutions and max pools on oneDNN" in caplog.text
+    assert "inference: convolutions, max pools and Inceptions on oneDNN (blocked layout)" in caplog.text
     caplog.clear()
     config = load_config([f"--config_path={CPU_CONFIG}", "--channels_last=False"])
     with caplog.at_level("INFO", logger="googlenet"):

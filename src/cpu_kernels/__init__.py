@@ -8,7 +8,8 @@ Applied to a network built from plain MindSpore cells (src/googlenet.py), never 
   convolution block and max pool on oneDNN (MindSpore's own copy, ``channels_last.py``); otherwise
   the NCHW kernels the ``compiled_*`` keys ask for (``blocks.py``);
 - ``fold_for_inference(net, config)``, for inference, folds BatchNorm into the convolutions
-  (``fold_batchnorm``) and runs the folded network channels-last on oneDNN, or on the NCHW kernels;
+  (``fold_batchnorm``) and runs the folded network on oneDNN in its channel-blocked layout, every
+  Inception one kernel call (``blocked.py``), or on the NCHW kernels;
 - ``create_momentum(config, ...)`` is the optimizer the trainer asks for: the momentum update as one
   kernel call, or ``nn.Momentum``.
 
@@ -23,9 +24,10 @@ from pathlib import Path
 
 import mindspore.nn as nn
 
+from src.cpu_kernels.blocked import to_blocked_layout
 from src.cpu_kernels.blocks import fold_batchnorm, substitute_kernels
 from src.cpu_kernels.build import kernel_library, kernels_apply
-from src.cpu_kernels.channels_last import to_channels_last, to_channels_last_training
+from src.cpu_kernels.channels_last import to_channels_last_training
 from src.cpu_kernels.conv import check_kernel_threads, compiled_conv_wanted
 from src.cpu_kernels.max_pool import compiled_max_pool_wanted
 from src.cpu_kernels.optimizer import CompiledMomentum, compiled_optimizer_wanted
@@ -70,7 +72,7 @@ def accelerate(net: nn.Cell, config) -> nn.Cell:
 
 def fold_for_inference(net: nn.Cell, config) -> nn.Cell:
     """``net`` (plain cells, weights loaded) for inference only, in place: BatchNorm folded into the
-    convolutions, then channels-last on oneDNN where ``channels_last`` applies, else on the NCHW
+    convolutions, then on oneDNN's blocked layout where ``channels_last`` applies, else on the NCHW
     kernels the ``compiled_*`` keys ask for (logged). Returns ``net``."""
     library = _channels_last_library(config)
     if library is None:
@@ -78,8 +80,9 @@ def fold_for_inference(net: nn.Cell, config) -> nn.Cell:
     fold_batchnorm(net)
     logger.info("inference: BatchNorm folded into the convolutions")
     if library is not None:
-        to_channels_last(net, library)
-        logger.info("inference: channels-last convolutions and max pools on oneDNN, compiled CPU kernel %s", library)
+        to_blocked_layout(net, library)
+        logger.info("inference: convolutions, max pools and Inceptions on oneDNN (blocked layout), compiled CPU "
+                    "kernel %s", library)
     return net
 
 

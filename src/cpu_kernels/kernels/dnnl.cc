@@ -1,6 +1,8 @@
-// Convolutions (with BatchNorm and ReLU in training, bias and ReLU in inference) and max pools on
-// oneDNN with channels-last (NHWC) activations, forward and backward, for MindSpore's CPU backend,
-// loaded through ops.Custom(func_type="aot"); see src/cpu_kernels/channels_last.py.
+// Convolutions and max pools on oneDNN for MindSpore's CPU backend, loaded through
+// ops.Custom(func_type="aot"): for training on channels-last (NHWC) activations, forward and backward,
+// convolution with BatchNorm and ReLU (src/cpu_kernels/channels_last.py); for folded inference on
+// oneDNN's channel-blocked layout, convolution with bias and ReLU, and whole Inceptions
+// (src/cpu_kernels/blocked.py).
 //
 // Which oneDNN: MindSpore's own lib/libdnnl.so.3 (3.10.1, already loaded in every MindSpore process),
 // compiled against the headers of PyPI's onednn-devel 2025.3.0 (oneDNN 3.9.1: oneDNN keeps its C API
@@ -16,10 +18,11 @@
 // The training primitives are made once per shape too; their filters change every step and are
 // reordered on every call.
 //
-// Entry points (the AOT calling convention: inputs then outputs in params):
-//   ConvBiasReluNhwc(x[N,H,W,C], w[OC,C,K,K], bias[OC], spec[2] int64 = {token, stride})
-//     -> y[N,ceil(H/s),ceil(W/s),OC] = relu(conv(x, w) + bias), 'same' padding as MindSpore's
-//   MaxPoolNhwc(x[N,H,W,C], spec[2] int64 = {kernel, stride}) -> y[N,ceil(H/s),ceil(W/s),C], 'same'
+// Entry points (the AOT calling convention: inputs then outputs in params), b = BlockedChannels():
+//   ConvBiasReluBlocked(x[N,C/b,H,W,b] or the image x[N,C,H,W], w[OC,C,K,K], bias[OC], spec[2] int64 =
+//     {token, stride}) -> y[N,OC/b,ceil(H/s),ceil(W/s),b] = relu(conv(x, w) + bias), 'same' padding
+//   MaxPoolBlocked(x[N,C/b,H,W,b], spec[2] int64 = {kernel, stride}) -> y[N,C/b,ceil(H/s),ceil(W/s),b]
+//   InceptionBlocked(x, six filters and biases, tokens[6]) -> y (described where it is defined)
 //   ChannelsLastVersion(x[1]) -> v[3] (major, minor, patch of the oneDNN library in use)
 // and for training, with spec[2] int64 = {stride, input gradient wanted}:
 //   ConvNhwc(x, w, spec) -> z; ConvNhwcGrad(dz, x, w, spec) -> dx, dw
@@ -35,6 +38,7 @@
 #include <oneapi/dnnl/dnnl_threadpool_iface.hpp>
 
 #include <array>
+#include <cstdint>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -166,22 +170,47 @@ bool Execute(Primitive *p, const std::vector<void *> &data) {
          Ok(dnnl_stream_wait(context.stream));
 }
 
-// ---- convolution + bias + ReLU ----
+// ---- inference: convolution + bias + ReLU ----
 
-using ConvKey = std::array<int64_t, 7>;  // n, h, w, c, oc, k, stride
+// Activations in oneDNN's channel-blocked layout (nChw16c where oneDNN may use AVX-512, else nChw8c):
+// channels in groups of Block(), each group a plane of Block()-value vectors. oneDNN's convolutions read
+// and write a channel range of such a tensor in place when the range starts on a group, which NHWC
+// does not allow them (a strided NHWC destination runs a reference kernel): so an Inception's four
+// branches write straight into its output, and nothing concatenates.
+int64_t Block() {
+  static const int64_t block =
+      (dnnl_get_effective_cpu_isa() & dnnl_cpu_isa_avx512_core) == dnnl_cpu_isa_avx512_core ? 16 : 8;
+  return block;
+}
+
+dnnl_format_tag_t BlockedTag() { return Block() == 16 ? dnnl_nChw16c : dnnl_nChw8c; }
+
+// n, h, w, c, oc, k, stride; the source's layout (a dnnl_format_tag_t: the blocked layout, or NCHW for
+// the image); the (blocked) destination's channels and where this convolution's oc channels start in them.
+using ConvKey = std::array<int64_t, 10>;
+
+ConvKey BlockedConv(int64_t n, int64_t h, int64_t w, int64_t c, int64_t oc, int64_t k, int64_t stride,
+                    dnnl_format_tag_t source, int64_t total, int64_t offset) {
+  return {n, h, w, c, oc, k, stride, source, total, offset};
+}
 
 bool MakeConv(const ConvKey &key, Primitive *p) {
-  const auto [n, h, w, c, oc, k, stride] = key;
+  const auto [n, h, w, c, oc, k, stride, source, total, offset] = key;
   const SamePadding rows(h, k, stride), cols(w, k, stride);
-  dnnl_memory_desc_t src = Describe({n, c, h, w}, dnnl_nhwc);
+  dnnl_memory_desc_t src = Describe({n, c, h, w}, static_cast<dnnl_format_tag_t>(source));
   dnnl_memory_desc_t weights = Describe({oc, c, k, k}, dnnl_format_tag_any);
   dnnl_memory_desc_t bias = Describe({oc}, dnnl_a);
-  dnnl_memory_desc_t dst = Describe({n, oc, rows.out, cols.out}, dnnl_nhwc);
+  dnnl_memory_desc_t whole = Describe({n, total, rows.out, cols.out}, BlockedTag());
+  dnnl_memory_desc_t part_of_whole = nullptr;  // the channels [offset, offset + oc) when that is not all of them
+  const dnnl_dims_t part = {n, oc, rows.out, cols.out}, at = {0, offset, 0, 0};
   dnnl_post_ops_t post_ops = nullptr;
   dnnl_primitive_attr_t attr = nullptr;
   const dnnl_dims_t strides = {stride, stride}, dilation = {0, 0};
   const dnnl_dims_t before = {rows.before, cols.before}, after = {rows.after, cols.after};
-  bool ok = src && weights && bias && dst && Ok(dnnl_post_ops_create(&post_ops)) &&
+  bool ok = src && weights && bias && whole &&
+            (total == oc || Ok(dnnl_memory_desc_create_submemory(&part_of_whole, whole, part, at)));
+  const_dnnl_memory_desc_t dst = part_of_whole != nullptr ? part_of_whole : whole;
+  ok = ok && Ok(dnnl_post_ops_create(&post_ops)) &&
             Ok(dnnl_post_ops_append_eltwise(post_ops, dnnl_eltwise_relu, 0.0f, 0.0f)) &&
             Ok(dnnl_primitive_attr_create(&attr)) && Ok(dnnl_primitive_attr_set_post_ops(attr, post_ops)) &&
             Ok(dnnl_convolution_forward_primitive_desc_create(&p->desc, Context::Get().engine, dnnl_forward_inference,
@@ -193,7 +222,7 @@ bool MakeConv(const ConvKey &key, Primitive *p) {
     ok = AddArgument(p, DNNL_ARG_SRC, src) && AddArgument(p, DNNL_ARG_WEIGHTS, p->weights) &&
          AddArgument(p, DNNL_ARG_BIAS, bias) && AddArgument(p, DNNL_ARG_DST, dst);
   }
-  for (dnnl_memory_desc_t desc : {src, weights, bias, dst}) dnnl_memory_desc_destroy(desc);
+  for (dnnl_memory_desc_t desc : {src, weights, bias, whole, part_of_whole}) dnnl_memory_desc_destroy(desc);
   dnnl_primitive_attr_destroy(attr);
   dnnl_post_ops_destroy(post_ops);
   return ok;
@@ -257,15 +286,15 @@ dnnl_memory_t ReorderedFilter(int64_t token, const ConvKey &key, const float *w,
   return entry.memory;
 }
 
-// ---- max pooling ----
+// ---- inference: max pooling ----
 
 using PoolKey = std::array<int64_t, 6>;  // n, h, w, c, kernel, stride
 
 bool MakePool(const PoolKey &key, Primitive *p) {
   const auto [n, h, w, c, k, stride] = key;
   const SamePadding rows(h, k, stride), cols(w, k, stride);
-  dnnl_memory_desc_t src = Describe({n, c, h, w}, dnnl_nhwc);
-  dnnl_memory_desc_t dst = Describe({n, c, rows.out, cols.out}, dnnl_nhwc);
+  dnnl_memory_desc_t src = Describe({n, c, h, w}, BlockedTag());
+  dnnl_memory_desc_t dst = Describe({n, c, rows.out, cols.out}, BlockedTag());
   const dnnl_dims_t strides = {stride, stride}, kernel = {k, k}, dilation = {0, 0};
   const dnnl_dims_t before = {rows.before, cols.before}, after = {rows.after, cols.after};
   // Max pooling in oneDNN leaves the padding out of every window, as MindSpore's 'same' pooling does.
@@ -306,6 +335,62 @@ bool PoolShapes(void **params, const int *ndims, int64_t *const *shapes, int ix,
   *key = {x[0], x[1], x[2], x[3], spec[0], spec[1]};
   const SamePadding rows(x[1], spec[0], spec[1]), cols(x[2], spec[0], spec[1]);
   return y[0] == x[0] && y[1] == rows.out && y[2] == cols.out && y[3] == x[3];
+}
+
+// ---- inference in the blocked layout ----
+
+// Whether x is a blocked activation, [N, C / Block(), H, W, Block()].
+bool BlockedShape(int ndim, const int64_t *x) {
+  return ndim == 5 && x[0] > 0 && x[1] > 0 && x[2] > 0 && x[3] > 0 && x[4] == Block();
+}
+
+// Whether y is the blocked tensor [n, c / Block(), h, w, Block()].
+bool IsBlocked(int ndim, const int64_t *y, int64_t n, int64_t c, int64_t h, int64_t w) {
+  return ndim == 5 && c % Block() == 0 && y[0] == n && y[1] == c / Block() && y[2] == h && y[3] == w &&
+         y[4] == Block();
+}
+
+// Whether w (OIHW, square, odd) and bias fit a convolution of c input channels.
+bool FilterShapes(int w_ndim, const int64_t *w, int bias_ndim, const int64_t *bias, int64_t c) {
+  return w_ndim == 4 && w[1] == c && w[2] == w[3] && w[2] % 2 == 1 && bias_ndim == 1 && bias[0] == w[0];
+}
+
+Primitive *ConvPrimitive(const ConvKey &key) {
+  static auto &primitives = *new Kept<ConvKey, Primitive>();
+  return Context::Get().ok ? Cached(primitives, key, [&](Primitive *made) { return MakeConv(key, made); }) : nullptr;
+}
+
+// relu(conv(x, w) + bias) into y by the primitive for `key`, with the filter kept under `token`.
+// The caller holds the context's lock.
+bool RunConv(const ConvKey &key, int64_t token, const void *x, const float *w, const void *bias, void *y) {
+  Primitive *p = ConvPrimitive(key);
+  dnnl_memory_t filter = p != nullptr ? ReorderedFilter(token, key, w, p) : nullptr;
+  void *filter_data = nullptr;
+  return filter != nullptr && Ok(dnnl_memory_get_data_handle(filter, &filter_data)) &&
+         Execute(p, {const_cast<void *>(x), filter_data, const_cast<void *>(bias), y});
+}
+
+// Max pooling of blocked x into y. The caller holds the context's lock.
+bool RunBlockedPool(const PoolKey &key, const void *x, void *y) {
+  static auto &primitives = *new Kept<PoolKey, Primitive>();
+  Primitive *p = Context::Get().ok ? Cached(primitives, key, [&](Primitive *made) { return MakePool(key, made); })
+                                   : nullptr;
+  return p != nullptr && Execute(p, {const_cast<void *>(x), y});
+}
+
+// Room for an Inception's intermediate tensors: grown to the largest asked for, 64-byte aligned. The
+// caller holds the context's lock.
+float *Scratch(int64_t values) {
+  static auto &scratch = *new std::vector<float>();
+  constexpr int64_t kAlign = 16;  // values: 64 bytes
+  if (static_cast<int64_t>(scratch.size()) < values + kAlign) scratch.resize(values + kAlign);
+  const auto address = reinterpret_cast<uintptr_t>(scratch.data());
+  return scratch.data() + (kAlign - address / sizeof(float) % kAlign) % kAlign;
+}
+
+// Values of a dense blocked tensor of c channels (the last group filled up).
+int64_t BlockedValues(int64_t n, int64_t c, int64_t h, int64_t w) {
+  return n * ((c + Block() - 1) / Block()) * Block() * h * w;
 }
 
 // ---- training: convolution (+ BatchNorm + ReLU) and max pooling with their gradients ----
@@ -521,38 +606,91 @@ int ChannelsLastVersion(int nparam, void **params, int *, int64_t **, const char
   return 0;
 }
 
-int ConvBiasReluNhwc(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
+// The number of channels in a group of the blocked layout: 16 where oneDNN may use AVX-512, else 8.
+int64_t BlockedChannels() { return Block(); }
+
+// relu(conv(x, w) + bias), 'same' padding, into blocked y[N, OC/b, ceil(H/s), ceil(W/s), b]; x blocked
+// [N, C/b, H, W, b], or the NCHW image [N, C, H, W] (conv1). spec[2] int64 = {token, stride}.
+int ConvBiasReluBlocked(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
   if (nparam != 5) return 1;
   for (int i : {0, 1, 2, 4}) {
     if (!IsFloat32(dtypes[i])) return 2;
   }
   const int64_t *x = shapes[0], *w = shapes[1];
-  if (!ConvShapes(ndims[0], x, ndims[1], w) || ndims[2] != 1 || shapes[2][0] != w[0] || !Pair(ndims[3], shapes[3])) {
-    return 3;
-  }
+  const bool image = ndims[0] == 4;
+  const bool image_shape = image && x[0] > 0 && x[1] > 0 && x[2] > 0 && x[3] > 0;
+  if (!(image_shape || BlockedShape(ndims[0], x)) || !Pair(ndims[3], shapes[3])) return 3;
+  const int64_t n = x[0], c = image ? x[1] : x[1] * Block(), h = x[2], width = x[3];
   const auto *spec = static_cast<const int64_t *>(params[3]);
-  const ConvKey key{x[0], x[1], x[2], x[3], w[0], w[2], spec[1]};
-  if (spec[1] < 1 || !ConvOutputShape(x, w, spec[1], shapes[4])) return 3;
-  Context &context = Context::Get();
-  std::lock_guard<std::mutex> lock(context.mutex);
-  static auto &primitives = *new Kept<ConvKey, Primitive>();
-  Primitive *p = context.ok ? Cached(primitives, key, [&](Primitive *made) { return MakeConv(key, made); }) : nullptr;
-  dnnl_memory_t filter = p ? ReorderedFilter(spec[0], key, static_cast<const float *>(params[1]), p) : nullptr;
-  void *filter_data = nullptr;
-  if (filter == nullptr || !Ok(dnnl_memory_get_data_handle(filter, &filter_data))) return 4;
-  return Execute(p, {params[0], filter_data, params[2], params[4]}) ? 0 : 4;
+  if (!FilterShapes(ndims[1], w, ndims[2], shapes[2], c) || spec[1] < 1) return 3;
+  const SamePadding rows(h, w[2], spec[1]), cols(width, w[2], spec[1]);
+  if (!IsBlocked(ndims[4], shapes[4], n, w[0], rows.out, cols.out)) return 3;
+  const ConvKey key = BlockedConv(n, h, width, c, w[0], w[2], spec[1], image ? dnnl_nchw : BlockedTag(), w[0], 0);
+  std::lock_guard<std::mutex> lock(Context::Get().mutex);
+  return RunConv(key, spec[0], params[0], static_cast<const float *>(params[1]), params[2], params[4]) ? 0 : 4;
 }
 
-int MaxPoolNhwc(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
+// 'same' max pooling of blocked x into blocked y; spec[2] int64 = {kernel, stride}.
+int MaxPoolBlocked(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
   if (nparam != 3) return 1;
   if (!IsFloat32(dtypes[0]) || !IsFloat32(dtypes[2])) return 2;
-  PoolKey key{};
-  if (!PoolShapes(params, ndims, shapes, 0, 1, 2, &key)) return 3;
-  Context &context = Context::Get();
-  std::lock_guard<std::mutex> lock(context.mutex);
-  static auto &primitives = *new Kept<PoolKey, Primitive>();
-  Primitive *p = context.ok ? Cached(primitives, key, [&](Primitive *made) { return MakePool(key, made); }) : nullptr;
-  return p != nullptr && Execute(p, {params[0], params[2]}) ? 0 : 4;
+  const int64_t *x = shapes[0];
+  if (!BlockedShape(ndims[0], x) || !Pair(ndims[1], shapes[1])) return 3;
+  const auto *spec = static_cast<const int64_t *>(params[1]);
+  if (spec[0] < 1 || spec[1] < 1) return 3;
+  const SamePadding rows(x[2], spec[0], spec[1]), cols(x[3], spec[0], spec[1]);
+  const int64_t c = x[1] * Block();
+  if (!IsBlocked(ndims[2], shapes[2], x[0], c, rows.out, cols.out)) return 3;
+  std::lock_guard<std::mutex> lock(Context::Get().mutex);
+  return RunBlockedPool({x[0], x[2], x[3], c, spec[0], spec[1]}, params[0], params[2]) ? 0 : 4;
+}
+
+// An Inception (src/googlenet.py) on blocked x[N, C/b, H, W, b], each branch writing its channels of
+// blocked y in place:
+//   InceptionBlocked(x, w1, b1, w2r, b2r, w2, b2, w3r, b3r, w3, b3, w4, b4, tokens[6] int64)
+//     -> y = [relu(conv(x, w1) + b1) | branch 2 | branch 3 | relu(conv(maxpool3x3(x), w4) + b4)],
+// branch 2 being relu(conv(relu(conv(x, w2r) + b2r), w2) + b2), branch 3 likewise; stride 1, 'same'
+// padding; each branch's channels a multiple of b. tokens name the six filters, in argument order.
+int InceptionBlocked(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
+  constexpr int kConvs = 6, kTokens = 13, kY = 14;
+  if (nparam != 15) return 1;
+  for (int i = 0; i < nparam; ++i) {
+    if (i != kTokens && !IsFloat32(dtypes[i])) return 2;
+  }
+  const int64_t *x = shapes[0];  // its shape; params[0] its values
+  if (!BlockedShape(ndims[0], x) || ndims[kTokens] != 1 || shapes[kTokens][0] != kConvs) return 3;
+  const int64_t n = x[0], c = x[1] * Block(), h = x[2], w = x[3];
+  const int64_t *filter[kConvs];
+  for (int i = 0; i < kConvs; ++i) filter[i] = shapes[1 + 2 * i];
+  // what each convolution reads: x, or the 1x1 reduction before it
+  const int64_t inputs[kConvs] = {c, c, filter[1][0], c, filter[3][0], c};
+  for (int i = 0; i < kConvs; ++i) {
+    if (!FilterShapes(ndims[1 + 2 * i], filter[i], ndims[2 + 2 * i], shapes[2 + 2 * i], inputs[i])) return 3;
+  }
+  const int64_t c1 = filter[0][0], c2 = filter[2][0], c3 = filter[4][0], c4 = filter[5][0];
+  const int64_t total = c1 + c2 + c3 + c4;
+  for (const int64_t branch : {c1, c2, c3, c4}) {
+    if (branch % Block() != 0) return 3;
+  }
+  if (!IsBlocked(ndims[kY], shapes[kY], n, total, h, w)) return 3;
+  const auto *tokens = static_cast<const int64_t *>(params[kTokens]);
+  void *y = params[kY];
+  std::lock_guard<std::mutex> lock(Context::Get().mutex);
+  const int64_t reduced2 = BlockedValues(n, filter[1][0], h, w), reduced3 = BlockedValues(n, filter[3][0], h, w);
+  float *reduction2 = Scratch(reduced2 + reduced3 + BlockedValues(n, c, h, w));
+  float *reduction3 = reduction2 + reduced2, *pooled = reduction3 + reduced3;
+  // convolution i of src (in_channels) into channels [offset, offset + its outputs) of dst (channels)
+  auto conv = [&](int i, const void *src, void *dst, int64_t channels, int64_t offset) {
+    const ConvKey key =
+        BlockedConv(n, h, w, inputs[i], filter[i][0], filter[i][2], 1, BlockedTag(), channels, offset);
+    return RunConv(key, tokens[i], src, static_cast<const float *>(params[1 + 2 * i]), params[2 + 2 * i], dst);
+  };
+  const void *x_values = params[0];
+  const bool ok = conv(1, x_values, reduction2, filter[1][0], 0) && conv(3, x_values, reduction3, filter[3][0], 0) &&
+                  RunBlockedPool({n, h, w, c, 3, 1}, x_values, pooled) && conv(0, x_values, y, total, 0) &&
+                  conv(2, reduction2, y, total, c1) && conv(4, reduction3, y, total, c1 + c2) &&
+                  conv(5, pooled, y, total, c1 + c2 + c3);
+  return ok ? 0 : 4;
 }
 
 }  // extern "C"

@@ -14,7 +14,7 @@ Applied to a network built from plain MindSpore cells (src/googlenet.py), never 
   kernel call, or ``nn.Momentum``.
 
 Without a C++ compiler every part falls back to MindSpore's operators after one warning, with the
-same results (the channels-last inference also without oneDNN's headers: it keeps the folded NCHW
+same results (the blocked-layout inference also without oneDNN's headers: it keeps the folded NCHW
 network). The kernels' sources are in ``kernels/``; ``build.py`` compiles them on first use.
 """
 

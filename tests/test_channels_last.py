@@ -111,8 +111,8 @@ def test_a_max_pool_equals_mindspores(library, block, kernel, stride, size):
 
 @pytest.mark.parametrize("size", [(1, 1), (4, 4), (7, 6)], ids=lambda s: "x".join(map(str, s)))
 def test_an_inception_computes_the_folded_one(library, block, size):
-    """Each branch written in place into its channels of the output; the reductions (24 and 8
-    channels) fill part of their last group, which the next convolution must ignore."""
+    """Each branch written in place into its channels of the output; in groups of 16 the reductions
+    (24 and 8 channels) fill part of their last group, which the next convolution must ignore."""
     ms.set_context(mode=ms.GRAPH_MODE)
     inception = Inception(64, 16, 24, 32, 8, 16, 16)
     _trained_statistics(inception, seed=21)

@@ -111,6 +111,9 @@ class InceptionBlocked(nn.Cell):
         if not all(isinstance(cell, ConvBiasReLU) for cell in folded):
             raise ValueError("expected an Inception whose convolution blocks are folded (ConvBiasReLU)")
         _check_outputs([self.b1, self.b2[1], self.b3[1], self.b4], block)
+        pool = (window_side(inception.maxpool.kernel_size), window_side(inception.maxpool.stride))
+        if pool != (3, 1):
+            raise ValueError(f"expected an Inception whose max pool is 3x3 with stride 1 (the kernel's), got {pool}")
         self.tokens = Parameter(Tensor(np.array([next_filter_token() for _ in folded], np.int64)), name="tokens",
                                 requires_grad=False)
         self.channels_first_output = False

@@ -110,7 +110,8 @@ class InceptionBlocked(nn.Cell):
         folded = (self.b1, self.b2[0], self.b2[1], self.b3[0], self.b3[1], self.b4)
         if not all(isinstance(cell, ConvBiasReLU) for cell in folded):
             raise ValueError("expected an Inception whose convolution blocks are folded (ConvBiasReLU)")
-        _check_outputs([self.b1, self.b2[1], self.b3[1], self.b4], block)
+        branch_outputs = (self.b1, self.b2[1], self.b3[1], self.b4)  # the convolutions that write y
+        _check_outputs(branch_outputs, block)
         pool = (window_side(inception.maxpool.kernel_size), window_side(inception.maxpool.stride))
         if pool != (3, 1):
             raise ValueError(f"expected an Inception whose max pool is 3x3 with stride 1 (the kernel's), got {pool}")
@@ -119,7 +120,7 @@ class InceptionBlocked(nn.Cell):
         self.channels_first_output = False
         self.transpose = ops.Transpose()
         self.reshape = ops.Reshape()
-        outputs = sum(cell.weight.shape[0] for cell in (self.b1, self.b2[1], self.b3[1], self.b4))
+        outputs = sum(cell.weight.shape[0] for cell in branch_outputs)
 
         def output_shape(x_shape, *others):
             return blocked_shape(x_shape, 1, outputs, block)

@@ -311,9 +311,14 @@ bool MakePool(const PoolKey &key, Primitive *p) {
 
 bool NhwcShape(int ndim, const int64_t *shape) { return ndim == 4 && shape[0] > 0 && shape[1] > 0 && shape[2] > 0; }
 
-// Whether NHWC x and the OIHW filter w (square, odd) fit one convolution.
+// Whether w is an OIHW filter (square, odd) of c input channels.
+bool FilterFits(int w_ndim, const int64_t *w, int64_t c) {
+  return w_ndim == 4 && w[1] == c && w[2] == w[3] && w[2] % 2 == 1;
+}
+
+// Whether NHWC x and the OIHW filter w fit one convolution.
 bool ConvShapes(int x_ndim, const int64_t *x, int w_ndim, const int64_t *w) {
-  return NhwcShape(x_ndim, x) && w_ndim == 4 && w[1] == x[3] && w[2] == w[3] && w[2] % 2 == 1;
+  return NhwcShape(x_ndim, x) && FilterFits(w_ndim, w, x[3]);
 }
 
 // A settings or spec input: two values.
@@ -352,7 +357,7 @@ bool IsBlocked(int ndim, const int64_t *y, int64_t n, int64_t c, int64_t h, int6
 
 // Whether w (OIHW, square, odd) and bias fit a convolution of c input channels.
 bool FilterShapes(int w_ndim, const int64_t *w, int bias_ndim, const int64_t *bias, int64_t c) {
-  return w_ndim == 4 && w[1] == c && w[2] == w[3] && w[2] % 2 == 1 && bias_ndim == 1 && bias[0] == w[0];
+  return FilterFits(w_ndim, w, c) && bias_ndim == 1 && bias[0] == w[0];
 }
 
 Primitive *ConvPrimitive(const ConvKey &key) {
